@@ -1,0 +1,212 @@
+//! Wire types of the dashboard: the JSON of `GET /api/status` and of every `/ws` message.
+//!
+//! The server serializes them and the browser deserializes them with the same definitions, so
+//! the two sides cannot drift. Field names are camelCase on the wire (the seed's `/api/status`
+//! shape); the exact JSON is pinned by the tests at the bottom of this file.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/status`, and the payload of [`WsMessage::Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusResponse {
+    /// S3 bucket of the replica target; `None` for a local (fs) replica.
+    pub bucket: Option<String>,
+    pub watch_dirs: Vec<String>,
+    pub total_clients: u64,
+    pub active_clients: u64,
+    /// Human form of `uptime_seconds`, e.g. `"1h2m3s"`.
+    pub uptime: String,
+    pub uptime_seconds: u64,
+    /// Health of the replica target as the server words it (e.g. `"ok"`, `"error: ..."`).
+    pub s3_status: String,
+    pub clients: Vec<ClientStatus>,
+}
+
+/// One tenant (= one database file) as the dashboard sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientStatus {
+    /// The GUID from the file name; unique among the clients of one server.
+    pub client_id: String,
+    pub database_path: String,
+    pub s3_path: String,
+    /// One of the `ClientStatus::*` state names below. A string rather than an enum so that a
+    /// newer server's state shows up as text instead of breaking an older page.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Last TXID committed locally, as Litestream prints it (16 hex digits).
+    pub local_txid: Option<String>,
+    /// Last TXID durable in the replica; never ahead of `local_txid`.
+    pub replicated_txid: Option<String>,
+    /// Seconds since the oldest committed change not yet durable in the replica; `None` = unknown.
+    pub lag_seconds: Option<f64>,
+    /// RFC 3339.
+    pub last_sync_at: Option<String>,
+    pub bytes_uploaded: u64,
+    pub objects_uploaded: u64,
+    pub last_error: Option<String>,
+}
+
+impl ClientStatus {
+    pub const REPLICATING: &'static str = "replicating";
+    pub const IDLE: &'static str = "idle";
+    pub const SNAPSHOTTING: &'static str = "snapshotting";
+    pub const ERROR: &'static str = "error";
+    pub const REMOVED: &'static str = "removed";
+    pub const STARTING: &'static str = "starting";
+}
+
+/// One text frame on `/ws`, JSON with a `"type"` tag (`"snapshot"`, `"added"`, `"changed"`,
+/// `"removed"`, `"summary"`); fields are camelCase.
+///
+/// Contract: the server sends a `Snapshot` first on every connection, so a reconnecting page
+/// resynchronises without another `GET /api/status`. After that it sends the deltas in the order
+/// they happened. A `Summary` is authoritative for the totals it carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum WsMessage {
+    /// The whole state; replaces whatever the page had.
+    Snapshot { status: StatusResponse },
+    /// A new client appeared.
+    Added { client: ClientStatus },
+    /// A known client changed (state, positions, lag, error...). Carries the whole row.
+    Changed { client: ClientStatus },
+    /// A client is gone (its database file was removed).
+    Removed { client_id: String },
+    /// Server-wide numbers, sent when they change and periodically (uptime).
+    Summary {
+        total_clients: u64,
+        active_clients: u64,
+        uptime: String,
+        uptime_seconds: u64,
+        s3_status: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn client() -> ClientStatus {
+        ClientStatus {
+            client_id: "0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11".into(),
+            database_path: "/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.db".into(),
+            s3_path: "s3://bucket/databases/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11".into(),
+            status: ClientStatus::REPLICATING.into(),
+            created_at: "2026-11-29T15:00:00Z".into(),
+            local_txid: Some("0000000000000003".into()),
+            replicated_txid: Some("0000000000000002".into()),
+            lag_seconds: Some(0.5),
+            last_sync_at: None,
+            bytes_uploaded: 4096,
+            objects_uploaded: 2,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn status_response_uses_seed_field_names() {
+        let status = StatusResponse {
+            bucket: Some("bucket".into()),
+            watch_dirs: vec!["/data/clients".into()],
+            total_clients: 1,
+            active_clients: 1,
+            uptime: "1h2m3s".into(),
+            uptime_seconds: 3723,
+            s3_status: "ok".into(),
+            clients: vec![client()],
+        };
+        let value = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "bucket": "bucket",
+                "watchDirs": ["/data/clients"],
+                "totalClients": 1,
+                "activeClients": 1,
+                "uptime": "1h2m3s",
+                "uptimeSeconds": 3723,
+                "s3Status": "ok",
+                "clients": [{
+                    "clientId": "0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11",
+                    "databasePath": "/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.db",
+                    "s3Path": "s3://bucket/databases/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11",
+                    "status": "replicating",
+                    "createdAt": "2026-11-29T15:00:00Z",
+                    "localTxid": "0000000000000003",
+                    "replicatedTxid": "0000000000000002",
+                    "lagSeconds": 0.5,
+                    "lastSyncAt": null,
+                    "bytesUploaded": 4096,
+                    "objectsUploaded": 2,
+                    "lastError": null
+                }]
+            })
+        );
+        let back: StatusResponse = serde_json::from_value(value).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn missing_optional_fields_read_as_none() {
+        let c: ClientStatus = serde_json::from_value(json!({
+            "clientId": "a", "databasePath": "/a.db", "s3Path": "", "status": "idle",
+            "createdAt": "2026-11-29T15:00:00Z", "bytesUploaded": 0, "objectsUploaded": 0
+        }))
+        .unwrap();
+        assert_eq!(c.local_txid, None);
+        assert_eq!(c.lag_seconds, None);
+        assert_eq!(c.last_error, None);
+    }
+
+    #[test]
+    fn ws_messages_are_tagged_by_type_with_camel_case_fields() {
+        let cases = [
+            (
+                WsMessage::Removed {
+                    client_id: "a".into(),
+                },
+                json!({"type": "removed", "clientId": "a"}),
+            ),
+            (
+                WsMessage::Summary {
+                    total_clients: 2,
+                    active_clients: 1,
+                    uptime: "3s".into(),
+                    uptime_seconds: 3,
+                    s3_status: "ok".into(),
+                },
+                json!({"type": "summary", "totalClients": 2, "activeClients": 1,
+                       "uptime": "3s", "uptimeSeconds": 3, "s3Status": "ok"}),
+            ),
+        ];
+        for (msg, expected) in cases {
+            assert_eq!(serde_json::to_value(&msg).unwrap(), expected);
+            assert_eq!(serde_json::from_value::<WsMessage>(expected).unwrap(), msg);
+        }
+
+        let added = serde_json::to_value(WsMessage::Added { client: client() }).unwrap();
+        assert_eq!(added["type"], "added");
+        assert_eq!(added["client"]["clientId"], client().client_id);
+        let changed = serde_json::to_value(WsMessage::Changed { client: client() }).unwrap();
+        assert_eq!(changed["type"], "changed");
+        let snapshot = serde_json::to_value(WsMessage::Snapshot {
+            status: StatusResponse::default(),
+        })
+        .unwrap();
+        assert_eq!(snapshot["type"], "snapshot");
+        assert_eq!(snapshot["status"]["totalClients"], 0);
+    }
+
+    #[test]
+    fn unknown_message_type_is_an_error_not_a_panic() {
+        assert!(serde_json::from_str::<WsMessage>(r#"{"type":"nope"}"#).is_err());
+    }
+}

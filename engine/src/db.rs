@@ -1,0 +1,1020 @@
+//! One database's replicator: turns the SQLite WAL into a contiguous chain of L0 LTX files.
+//!
+//! Invariant (see `shared/docs/restart-safety.md`): the L0 chain describes committed database
+//! states in order, and an incremental L0 is written only when we can *prove* that it continues
+//! exactly where the previous one ended. The proof is one of:
+//! - [`Proof::ReadLock`]: our read transaction has been held since the scan that produced the
+//!   position. While a reader holds a WAL read mark SQLite can neither backfill past it nor
+//!   restart the WAL; a reader on mark 0 blocks every backfill, so at most one restart can
+//!   happen, right after the end of the generation we scanned. Hence: same salts ⇒ continue at
+//!   our offset; `salt1 + 1` ⇒ the new generation follows our end directly (when our scan reached
+//!   the chain end).
+//! - [`Proof::Truncated`]: we synced to the end under the write lock and then truncated the WAL
+//!   ourselves with no commit in between (checked with `PRAGMA data_version`); the next
+//!   generation (`salt1 + 1`) can only follow our end.
+//! - otherwise the WAL is re-verified under the write lock: the frame before our offset must
+//!   still carry our salts and the page image we shipped. Anything else is unknown history and
+//!   gets a full-page L0 (all pages, read inside one consistent view).
+//!
+//! Nothing here writes to the application's tables; the only changes to the database are
+//! `journal_mode=WAL` (required for replication) and checkpoints.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::ltx::{self, Encoder, Header, LtxFileName, Txid};
+use crate::wal::{self, FrameScan, WalHeader, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
+
+/// PASSIVE checkpoint once the WAL holds this many pages (Litestream's `min-checkpoint-page-count`).
+pub const DEFAULT_MIN_CHECKPOINT_PAGES: u64 = 1000;
+/// PASSIVE checkpoint this long after the last one if anything was synced since.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// TRUNCATE checkpoint (blocks writers briefly) once the WAL holds this many pages:
+/// ~500 MB at 4 KiB pages, as Litestream's `truncate-page-n`.
+pub const DEFAULT_TRUNCATE_PAGES: u64 = 121_359;
+/// One sync reads at most this much WAL, cut at a commit; the rest goes in the next L0.
+pub const DEFAULT_MAX_SYNC_BYTES: u64 = 64 * 1024 * 1024;
+/// How long we wait for SQLite locks held by the application before giving up on this attempt.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Our connections need almost no page cache: we read pages from the files ourselves.
+const CACHE_SIZE_KIB: i64 = 64;
+
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    pub min_checkpoint_pages: u64,
+    pub checkpoint_interval: Duration,
+    pub truncate_pages: u64,
+    pub max_sync_bytes: u64,
+    pub busy_timeout: Duration,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self {
+            min_checkpoint_pages: DEFAULT_MIN_CHECKPOINT_PAGES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            truncate_pages: DEFAULT_TRUNCATE_PAGES,
+            max_sync_bytes: DEFAULT_MAX_SYNC_BYTES,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("not a SQLite database: {0}")]
+    NotSqlite(String),
+    #[error("database is busy (locked by the application longer than {0:?})")]
+    Busy(Duration),
+    #[error("SQLite error on {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("WAL: {0}")]
+    Wal(#[from] wal::WalError),
+    #[error("LTX: {0}")]
+    Ltx(#[from] ltx::LtxError),
+    #[error("staging: {0}")]
+    Staging(#[from] crate::client::ClientError),
+    #[error("the database changed while it was being read; retrying")]
+    Raced,
+}
+
+impl SyncError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SyncError::NotSqlite(_))
+    }
+    pub fn is_permanent(&self) -> bool {
+        !self.is_retryable()
+    }
+}
+
+type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+/// Where the L0 chain stands: enough to continue it without re-reading any file.
+/// Small on purpose: one of these is kept in memory for every tenant, hot or cold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Last L0 TXID staged locally (0: no chain yet, the next L0 is the TXID-1 snapshot).
+    pub txid: u64,
+    pub page_size: u32,
+    /// Database size in pages at `txid`.
+    pub commit: u32,
+    /// Salts of the WAL generation the last L0 came from ((0, 0): read from the db file only).
+    pub salts: (u32, u32),
+    /// WAL offset just past the last frame covered (0 when no WAL was read).
+    pub wal_end: u64,
+    /// Cumulative WAL checksum of the frame ending at `wal_end`.
+    pub checksum: (u32, u32),
+    /// The scan that produced this position reached the end of the WAL's valid chain.
+    pub at_chain_end: bool,
+}
+
+/// Why we may trust that the WAL still continues [`Position`]; see the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proof {
+    None,
+    ReadLock,
+    Truncated { db_fingerprint: (i128, u64) },
+}
+
+/// A staged L0 file, durable on local disk.
+#[derive(Clone, Debug)]
+pub struct StagedLtx {
+    pub path: PathBuf,
+    pub txid: Txid,
+    pub size: u64,
+    pub timestamp: SystemTime,
+    pub full: bool,
+}
+
+/// An open (hot) database: our read transaction pins the WAL; the writer connection is used only
+/// to take SQLite's write lock and to checkpoint.
+pub struct Db {
+    path: PathBuf,
+    wal_path: PathBuf,
+    reader: Connection,
+    writer: Connection,
+    /// Our read transaction is open (the WAL read mark is held).
+    read_tx: std::cell::Cell<bool>,
+    config: DbConfig,
+}
+
+impl Db {
+    /// Opens the database (it must exist; a zero-byte file is a valid empty database), switches
+    /// it to WAL mode and takes the read lock.
+    pub fn open(path: &Path, config: DbConfig) -> Result<Self> {
+        check_sqlite_header(path)?;
+        let open = |p: &Path| -> Result<Connection> {
+            let c = Connection::open_with_flags(
+                p,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| sqlite_err(p, e))?;
+            c.busy_timeout(config.busy_timeout)
+                .map_err(|e| sqlite_err(p, e))?;
+            c.execute_batch(&format!(
+                "PRAGMA cache_size = -{CACHE_SIZE_KIB}; PRAGMA wal_autocheckpoint = 0;"
+            ))
+            .map_err(|e| sqlite_err(p, e))?;
+            set_persist_wal(&c);
+            Ok(c)
+        };
+        let writer = open(path)?;
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode = wal", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SyncError::NotSqlite(format!(
+                "{}: cannot switch to WAL mode (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        let reader = open(path)?;
+        let db = Db {
+            wal_path: wal_path(path),
+            path: path.to_path_buf(),
+            reader,
+            writer,
+            read_tx: std::cell::Cell::new(false),
+            config,
+        };
+        db.acquire_read()?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn acquire_read(&self) -> Result<()> {
+        if self.read_tx.get() {
+            return Ok(());
+        }
+        self.reader
+            .execute_batch("BEGIN")
+            .map_err(|e| sqlite_err(&self.path, e))?;
+        // Any read takes the WAL read mark; sqlite_master always exists.
+        let r = self
+            .reader
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        if let Err(e) = r {
+            let _ = self.reader.execute_batch("ROLLBACK");
+            return Err(classify(&self.path, e));
+        }
+        self.read_tx.set(true);
+        Ok(())
+    }
+
+    fn release_read(&self) -> Result<()> {
+        if self.read_tx.get() {
+            self.read_tx.set(false);
+            self.reader
+                .execute_batch("ROLLBACK")
+                .map_err(|e| sqlite_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn begin_write(&self) -> Result<WriteLock<'_>> {
+        match self.writer.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => Ok(WriteLock { conn: &self.writer }),
+            Err(e) if is_busy(&e) => Err(SyncError::Busy(self.config.busy_timeout)),
+            Err(e) => Err(sqlite_err(&self.path, e)),
+        }
+    }
+
+    /// Ships everything committed since `pos` as the next L0 in `staging`, if anything was.
+    /// `proof` says what we know about the WAL since `pos` was taken; after the call the proof is
+    /// [`Proof::ReadLock`] (we hold the read lock and verified continuity).
+    pub fn sync(
+        &mut self,
+        pos: &mut Position,
+        proof: &mut Proof,
+        staging: &Staging,
+    ) -> Result<Option<StagedLtx>> {
+        if *proof == Proof::ReadLock && self.read_tx.get() {
+            // Fast path: no lock needed, the read mark pins what we compare against.
+            if let Some(plan) = self.plan(pos, proof)? {
+                return self.ship(plan, pos, staging);
+            }
+            return Ok(None);
+        }
+        // Unproven history: verify under the write lock so the WAL cannot move while we look.
+        let lock = self.begin_write()?;
+        self.acquire_read()?;
+        let plan = self.plan(pos, proof)?;
+        let out = match plan {
+            Some(plan) => self.ship(plan, pos, staging)?,
+            None => None,
+        };
+        drop(lock);
+        *proof = Proof::ReadLock;
+        Ok(out)
+    }
+
+    /// Decides what the next L0 must contain.
+    fn plan(&self, pos: &Position, proof: &Proof) -> Result<Option<Plan>> {
+        if pos.txid == 0 {
+            return Ok(Some(Plan::Full));
+        }
+        let wal = open_optional(&self.wal_path)?;
+        let header = match &wal {
+            Some(f) => WalHeader::read(f)?,
+            None => None,
+        };
+        let Some(header) = header else {
+            // No valid WAL: every committed page is in the db file.
+            return Ok(match proof {
+                Proof::ReadLock if pos.wal_end == 0 => None,
+                Proof::Truncated { db_fingerprint }
+                    if *db_fingerprint == fingerprint(&self.path)? =>
+                {
+                    None
+                }
+                _ => Some(Plan::Full),
+            });
+        };
+        let Some(wal) = wal else {
+            return Ok(Some(Plan::Full));
+        };
+        if header.page_size != pos.page_size && pos.page_size != 0 {
+            return Ok(Some(Plan::Full));
+        }
+        let same_gen = (header.salt1, header.salt2) == pos.salts;
+        let next_gen = header.salt1 == pos.salts.0.wrapping_add(1) && pos.salts != (0, 0);
+        if same_gen && pos.wal_end >= WAL_HEADER_SIZE {
+            let trusted = *proof == Proof::ReadLock || self.frame_matches(&wal, pos)?;
+            if trusted {
+                return Ok(Some(Plan::Incremental {
+                    header,
+                    from: pos.wal_end,
+                    seed: pos.checksum,
+                }));
+            }
+            return Ok(Some(Plan::Full));
+        }
+        let follows = match proof {
+            Proof::ReadLock => (next_gen && pos.at_chain_end) || pos.wal_end == 0,
+            Proof::Truncated { .. } => next_gen,
+            Proof::None => false,
+        };
+        if follows {
+            return Ok(Some(Plan::Incremental {
+                from: WAL_HEADER_SIZE,
+                seed: (header.checksum1, header.checksum2),
+                header,
+            }));
+        }
+        Ok(Some(Plan::Full))
+    }
+
+    /// Rule 1 of restart safety: the frame just before our offset still has our salts, our
+    /// checksum and the page image we shipped.
+    fn frame_matches(&self, wal: &File, pos: &Position) -> Result<bool> {
+        let frame_size = WAL_FRAME_HEADER_SIZE + pos.page_size as u64;
+        if pos.wal_end < WAL_HEADER_SIZE + frame_size {
+            return Ok(false);
+        }
+        let off = pos.wal_end - frame_size;
+        let Some(fh) = wal::read_frame_header(wal, off)? else {
+            return Ok(false);
+        };
+        Ok((fh.salt1, fh.salt2) == pos.salts && (fh.checksum1, fh.checksum2) == pos.checksum)
+    }
+
+    fn ship(&self, plan: Plan, pos: &mut Position, staging: &Staging) -> Result<Option<StagedLtx>> {
+        match plan {
+            Plan::Full => self.ship_full(pos, staging).map(Some),
+            Plan::Incremental { header, from, seed } => {
+                let wal = File::open(&self.wal_path).map_err(|e| io_err(&self.wal_path, e))?;
+                let scan = wal::scan(&wal, &header, from, seed, self.config.max_sync_bytes)?;
+                if scan.commit.is_none() {
+                    // Nothing committed past our offset. If the generation changed, adopt it so
+                    // that later frames are read from its start.
+                    if (header.salt1, header.salt2) != pos.salts {
+                        pos.salts = (header.salt1, header.salt2);
+                        pos.wal_end = WAL_HEADER_SIZE;
+                        pos.checksum = seed;
+                    }
+                    pos.at_chain_end = true;
+                    return Ok(None);
+                }
+                let staged = self.write_l0(pos, staging, &wal, &scan)?;
+                Ok(Some(staged))
+            }
+        }
+    }
+
+    /// A full-page L0: every page `1..=commit`, read from the db file overlaid with the WAL up to
+    /// its last commit, checked afterwards against a concurrent WAL restart.
+    fn ship_full(&self, pos: &mut Position, staging: &Staging) -> Result<StagedLtx> {
+        for _ in 0..3 {
+            let wal = open_optional(&self.wal_path)?;
+            let header = match &wal {
+                Some(f) => WalHeader::read(f)?,
+                None => None,
+            };
+            let scan = match (&wal, &header) {
+                (Some(f), Some(h)) => Some(wal::scan(
+                    f,
+                    h,
+                    WAL_HEADER_SIZE,
+                    (h.checksum1, h.checksum2),
+                    u64::MAX,
+                )?),
+                _ => None,
+            };
+            let staged =
+                self.write_full(pos, staging, wal.as_ref(), header.as_ref(), scan.as_ref())?;
+            // A WAL restart rewrites the header before any frame, so an unchanged header means no
+            // frame we read was overwritten.
+            let after = match &wal {
+                Some(f) => WalHeader::read(f)?,
+                None => open_optional(&self.wal_path)?
+                    .map(|f| WalHeader::read(&f))
+                    .transpose()?
+                    .flatten(),
+            };
+            let stable = match (&header, &after) {
+                (Some(a), Some(b)) => (a.salt1, a.salt2) == (b.salt1, b.salt2),
+                (None, None) => true,
+                (None, Some(_)) => true, // the db file alone was consistent under our read lock
+                (Some(_), None) => false,
+            };
+            if stable {
+                return Ok(staged.commit(pos)?);
+            }
+            staged.discard();
+        }
+        Err(SyncError::Raced)
+    }
+
+    fn write_full(
+        &self,
+        pos: &Position,
+        staging: &Staging,
+        wal: Option<&File>,
+        header: Option<&WalHeader>,
+        scan: Option<&FrameScan>,
+    ) -> Result<Pending> {
+        let db = File::open(&self.path).map_err(|e| io_err(&self.path, e))?;
+        let db_len = db.metadata().map_err(|e| io_err(&self.path, e))?.len();
+        let page_size = match header {
+            Some(h) => h.page_size,
+            None => db_page_size(&db, &self.path)?,
+        };
+        let commit = match scan.and_then(|s| s.commit) {
+            Some(c) => c,
+            None => db_len.div_ceil(page_size as u64).max(1) as u32,
+        };
+        let empty = BTreeMap::new();
+        let pages = scan.map(|s| &s.pages).unwrap_or(&empty);
+        let txid = Txid(pos.txid + 1);
+        let (wal_offset, wal_size, salts, end, checksum) = match (header, scan) {
+            (Some(h), Some(s)) if s.commit.is_some() => (
+                WAL_HEADER_SIZE,
+                s.end - WAL_HEADER_SIZE,
+                (h.salt1, h.salt2),
+                s.end,
+                s.checksum,
+            ),
+            (Some(h), Some(s)) => (0, 0, (h.salt1, h.salt2), s.start, s.checksum),
+            _ => (0, 0, (0, 0), 0, (0, 0)),
+        };
+        // LTX headers carry salts only together with a WAL offset.
+        let hdr_salts = if wal_offset == 0 { (0, 0) } else { salts };
+        let hdr = self.ltx_header(page_size, commit, txid, wal_offset, wal_size, hdr_salts);
+        let lock = ltx::lock_page(page_size);
+        let mut pending = staging.create(txid)?;
+        let mut enc = Encoder::new(BufWriter::new(pending.file()?), hdr.clone())?;
+        let mut buf = vec![0u8; page_size as usize];
+        for pgno in 1..=commit {
+            if pgno == lock {
+                continue;
+            }
+            match (pages.get(&pgno), wal) {
+                (Some(&off), Some(w)) => read_frame_page(w, off, &mut buf, &self.wal_path)?,
+                _ => read_db_page(&db, pgno, &mut buf, db_len, &self.path)?,
+            }
+            enc.encode_page(pgno, &buf)?;
+        }
+        let (w, _) = enc.finish()?;
+        pending.finish(w, hdr, true)?;
+        pending.next = Some(Position {
+            txid: txid.0,
+            page_size,
+            commit,
+            salts,
+            wal_end: end,
+            checksum,
+            at_chain_end: true,
+        });
+        Ok(pending)
+    }
+
+    fn write_l0(
+        &self,
+        pos: &mut Position,
+        staging: &Staging,
+        wal: &File,
+        scan: &FrameScan,
+    ) -> Result<StagedLtx> {
+        let commit = scan.commit.unwrap_or(pos.commit);
+        let page_size = pos.page_size;
+        let txid = Txid(pos.txid + 1);
+        let hdr = self.ltx_header(
+            page_size,
+            commit,
+            txid,
+            scan.start,
+            scan.end - scan.start,
+            scan.salts,
+        );
+        let lock = ltx::lock_page(page_size);
+        // Pages in the WAL, plus pages of a grown database that are not in the WAL.
+        let mut pgnos: Vec<u32> = scan
+            .pages
+            .keys()
+            .copied()
+            .filter(|&p| p <= commit)
+            .collect();
+        let db = File::open(&self.path).map_err(|e| io_err(&self.path, e))?;
+        let db_len = db.metadata().map_err(|e| io_err(&self.path, e))?.len();
+        if commit > pos.commit {
+            pgnos.extend((pos.commit + 1..=commit).filter(|p| !scan.pages.contains_key(p)));
+            pgnos.sort_unstable();
+        }
+        let mut pending = staging.create(txid)?;
+        let mut enc = Encoder::new(BufWriter::new(pending.file()?), hdr.clone())?;
+        let mut buf = vec![0u8; page_size as usize];
+        for pgno in pgnos {
+            if pgno == lock {
+                continue;
+            }
+            match scan.pages.get(&pgno) {
+                Some(&off) => read_frame_page(wal, off, &mut buf, &self.wal_path)?,
+                None => read_db_page(&db, pgno, &mut buf, db_len, &self.path)?,
+            }
+            enc.encode_page(pgno, &buf)?;
+        }
+        let (w, _) = enc.finish()?;
+        pending.finish(w, hdr, false)?;
+        pending.next = Some(Position {
+            txid: txid.0,
+            page_size,
+            commit,
+            salts: scan.salts,
+            wal_end: scan.end,
+            checksum: scan.checksum,
+            at_chain_end: scan.reached_end,
+        });
+        pending.commit(pos)
+    }
+
+    fn ltx_header(
+        &self,
+        page_size: u32,
+        commit: u32,
+        txid: Txid,
+        wal_offset: u64,
+        wal_size: u64,
+        salts: (u32, u32),
+    ) -> Header {
+        Header {
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+            page_size,
+            commit,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp_ms: now_ms(),
+            pre_apply_checksum: 0,
+            wal_offset: wal_offset as i64,
+            wal_size: wal_size as i64,
+            wal_salt1: salts.0,
+            wal_salt2: salts.1,
+            node_id: 0,
+        }
+    }
+
+    /// Current WAL size in pages (frames), from the file length.
+    pub fn wal_pages(&self, page_size: u32) -> u64 {
+        let len = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        len.saturating_sub(WAL_HEADER_SIZE) / (WAL_FRAME_HEADER_SIZE + page_size as u64)
+    }
+
+    /// Litestream-style PASSIVE checkpoint: under the write lock, sync to the end, release our
+    /// read mark, checkpoint, take the read mark again. The proof stays [`Proof::ReadLock`]: the
+    /// WAL could not change (other than being backfilled) while we held the write lock.
+    pub fn checkpoint_passive(
+        &mut self,
+        pos: &mut Position,
+        proof: &mut Proof,
+        staging: &Staging,
+    ) -> Result<Option<StagedLtx>> {
+        let lock = self.begin_write()?;
+        self.acquire_read()?;
+        let plan = self.plan(pos, proof)?;
+        let staged = match plan {
+            Some(plan) => self.ship(plan, pos, staging)?,
+            None => None,
+        };
+        self.release_read()?;
+        let r: Result<(i64, i64, i64)> = self
+            .reader
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| sqlite_err(&self.path, e));
+        let reacquired = self.acquire_read();
+        drop(lock);
+        r?;
+        reacquired?;
+        *proof = Proof::ReadLock;
+        Ok(staged)
+    }
+
+    /// Seals the WAL before we let go of the database: sync to the end under the write lock, then
+    /// TRUNCATE the WAL. Returns the proof the next wake-up can rely on, and closes the database.
+    pub fn seal_and_close(
+        self,
+        pos: &mut Position,
+        proof: &mut Proof,
+        staging: &Staging,
+    ) -> Result<Option<StagedLtx>> {
+        let lock = self.begin_write()?;
+        self.acquire_read()?;
+        let plan = self.plan(pos, proof)?;
+        let staged = match plan {
+            Some(plan) => self.ship(plan, pos, staging)?,
+            None => None,
+        };
+        let before = data_version(&self.writer, &self.path)?;
+        self.release_read()?;
+        drop(lock);
+        self.writer
+            .busy_timeout(Duration::from_millis(200))
+            .map_err(|e| sqlite_err(&self.path, e))?;
+        let ck: rusqlite::Result<(i64, i64, i64)> =
+            self.writer
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        let after = data_version(&self.writer, &self.path)?;
+        *proof = match ck {
+            Ok((0, _, _)) if before == after => Proof::Truncated {
+                db_fingerprint: fingerprint(&self.path)?,
+            },
+            _ => Proof::None,
+        };
+        Ok(staged)
+    }
+}
+
+/// Holds SQLite's write lock (an open `BEGIN IMMEDIATE`) until dropped.
+struct WriteLock<'a> {
+    conn: &'a Connection,
+}
+
+impl Drop for WriteLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+}
+
+enum Plan {
+    Full,
+    Incremental {
+        header: WalHeader,
+        from: u64,
+        seed: (u32, u32),
+    },
+}
+
+/// The local staging area of one tenant: `<dir>/ltx/0/<txid>-<txid>.ltx`. Files appear here
+/// atomically (tmp → fsync → rename) before they are uploaded, in TXID order.
+#[derive(Clone, Debug)]
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn l0_dir(&self) -> PathBuf {
+        self.dir.join("ltx").join("0")
+    }
+
+    pub fn path_of(&self, txid: Txid) -> PathBuf {
+        self.l0_dir().join(
+            LtxFileName {
+                min: txid,
+                max: txid,
+            }
+            .to_string(),
+        )
+    }
+
+    fn create(&self, txid: Txid) -> Result<Pending> {
+        let dir = self.l0_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let path = self.path_of(txid);
+        let tmp = dir.join(format!(
+            "{}.tmp",
+            LtxFileName {
+                min: txid,
+                max: txid
+            }
+        ));
+        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        Ok(Pending {
+            tmp,
+            path,
+            file: Some(file),
+            staged: None,
+            next: None,
+        })
+    }
+
+    /// L0 files staged locally, sorted by TXID.
+    pub fn list(&self) -> Result<Vec<Txid>> {
+        let dir = self.l0_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<LtxFileName>().ok())
+            {
+                if name.min == name.max {
+                    out.push(name.min);
+                }
+            } else if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                // Left over from a crash mid-write: never complete, never uploaded.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn remove(&self, txid: Txid) -> Result<()> {
+        let path = self.path_of(txid);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// Removes every staged file (a new history starts).
+    pub fn clear(&self) -> Result<()> {
+        for txid in self.list()? {
+            self.remove(txid)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the chain position from the newest staged L0 and the current WAL (after a
+    /// restart). Continuity is then re-proven by [`Db::sync`] under the write lock.
+    pub fn recover_position(&self, db_path: &Path) -> Result<Option<Position>> {
+        loop {
+            let Some(&last) = self.list()?.last() else {
+                return Ok(None);
+            };
+            let path = self.path_of(last);
+            match recover_from(&path, db_path) {
+                Ok(pos) => return Ok(Some(pos)),
+                // A corrupt staged file cannot be trusted as a position: drop it; the next sync
+                // then starts with a full-page L0 at this TXID.
+                Err(SyncError::Ltx(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "dropping corrupt staged LTX file");
+                    self.remove(last)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Position after the staged L0 at `ltx_path`. The WAL chain checksum is not stored in LTX files:
+/// it is taken from the WAL frame that ends at the file's WAL offset, but only if that frame still
+/// carries the file's salts and the page image the file shipped. Otherwise the salts are cleared,
+/// which forces the next sync to write a full-page L0.
+fn recover_from(ltx_path: &Path, db_path: &Path) -> Result<Position> {
+    let f = File::open(ltx_path).map_err(|e| io_err(ltx_path, e))?;
+    let mut dec = ltx::Decoder::new(std::io::BufReader::new(f))?;
+    let hdr = dec.header().clone();
+    let mut pos = Position {
+        txid: hdr.max_txid.0,
+        page_size: hdr.page_size,
+        commit: hdr.commit,
+        salts: (hdr.wal_salt1, hdr.wal_salt2),
+        wal_end: (hdr.wal_offset + hdr.wal_size) as u64,
+        checksum: (0, 0),
+        at_chain_end: false,
+    };
+    let frame_size = WAL_FRAME_HEADER_SIZE + pos.page_size as u64;
+    let wal_path = wal_path(db_path);
+    let frame = match open_optional(&wal_path)? {
+        Some(wal) if pos.wal_end >= WAL_HEADER_SIZE + frame_size => {
+            let off = pos.wal_end - frame_size;
+            wal::read_frame_header(&wal, off)?
+                .filter(|fh| (fh.salt1, fh.salt2) == pos.salts)
+                .map(|fh| (wal, off, fh))
+        }
+        _ => None,
+    };
+    // Decode the whole file (verifies its checksum) keeping only the page we compare.
+    let want = frame.as_ref().map(|(_, _, fh)| fh.pgno);
+    let mut buf = Vec::new();
+    let mut shipped = None;
+    while let Some(pgno) = dec.next_page(&mut buf)? {
+        if Some(pgno) == want {
+            shipped = Some(buf.clone());
+        }
+    }
+    dec.finish()?;
+    pos.salts = (0, 0);
+    if let (Some((wal, off, fh)), Some(image)) = (frame, shipped) {
+        let mut cur = vec![0u8; hdr.page_size as usize];
+        read_frame_page(&wal, off, &mut cur, &wal_path)?;
+        if cur == image {
+            pos.salts = (fh.salt1, fh.salt2);
+            pos.checksum = (fh.checksum1, fh.checksum2);
+        }
+    }
+    if pos.wal_end == 0 {
+        // Written from the db file alone (no WAL then): nothing to compare.
+        pos.salts = (hdr.wal_salt1, hdr.wal_salt2);
+    }
+    Ok(pos)
+}
+
+/// An L0 being written; becomes visible only on [`Pending::commit`].
+struct Pending {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+    staged: Option<StagedLtx>,
+    next: Option<Position>,
+}
+
+impl Pending {
+    fn file(&mut self) -> Result<File> {
+        self.file.take().ok_or_else(|| SyncError::Raced)
+    }
+
+    fn finish(&mut self, w: BufWriter<File>, hdr: Header, full: bool) -> Result<()> {
+        let f = w
+            .into_inner()
+            .map_err(|e| io_err(&self.tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| io_err(&self.tmp, e))?;
+        let size = f.metadata().map_err(|e| io_err(&self.tmp, e))?.len();
+        self.staged = Some(StagedLtx {
+            path: self.path.clone(),
+            txid: hdr.min_txid,
+            size,
+            timestamp: UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64),
+            full,
+        });
+        Ok(())
+    }
+
+    fn commit(mut self, pos: &mut Position) -> Result<StagedLtx> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(dir, e))?;
+        }
+        if let Some(next) = self.next.take() {
+            *pos = next;
+        }
+        self.staged.take().ok_or(SyncError::Raced)
+    }
+
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// `<db>-wal`.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_os_string();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Refuses files that are not SQLite databases. A zero-byte file is a valid new database.
+pub fn check_sqlite_header(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if !meta.is_file() {
+        return Err(SyncError::NotSqlite(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Ok(());
+    }
+    let f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut magic = [0u8; 16];
+    let n = f.read_at(&mut magic, 0).map_err(|e| io_err(path, e))?;
+    if n < 16 || &magic != b"SQLite format 3\0" {
+        return Err(SyncError::NotSqlite(format!(
+            "{}: file does not start with the SQLite header",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn db_page_size(db: &File, path: &Path) -> Result<u32> {
+    let mut b = [0u8; 2];
+    match db.read_at(&mut b, 16) {
+        Ok(2) => {}
+        Ok(_) => return Ok(4096),
+        Err(e) => return Err(io_err(path, e)),
+    }
+    let v = u16::from_be_bytes(b) as u32;
+    Ok(if v == 1 {
+        65536
+    } else if v >= 512 {
+        v
+    } else {
+        4096
+    })
+}
+
+fn read_db_page(db: &File, pgno: u32, buf: &mut [u8], db_len: u64, path: &Path) -> Result<()> {
+    let off = (pgno as u64 - 1) * buf.len() as u64;
+    buf.fill(0);
+    if off >= db_len {
+        return Ok(());
+    }
+    let mut read = 0;
+    while read < buf.len() {
+        let n = db
+            .read_at(&mut buf[read..], off + read as u64)
+            .map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    Ok(())
+}
+
+fn read_frame_page(wal: &File, frame_off: u64, buf: &mut [u8], path: &Path) -> Result<()> {
+    wal.read_exact_at(buf, frame_off + WAL_FRAME_HEADER_SIZE)
+        .map_err(|e| io_err(path, e))
+}
+
+/// `(mtime in ns, size)` of the db file: changes whenever a checkpoint writes to it.
+fn fingerprint(path: &Path) -> Result<(i128, u64)> {
+    let m = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    Ok((mtime, m.len()))
+}
+
+fn data_version(conn: &Connection, path: &Path) -> Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .map_err(|e| sqlite_err(path, e))
+}
+
+fn open_optional(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+fn set_persist_wal(conn: &Connection) {
+    // Keep the -wal file when our connections close, so the WAL header (and with it the chain
+    // position) survives; SQLite would otherwise delete it after a final checkpoint.
+    let mut on: libc::c_int = 1;
+    // SAFETY: the handle is valid for the connection's lifetime; SQLITE_FCNTL_PERSIST_WAL takes a
+    // pointer to an int that SQLite reads and writes during the call only.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut libc::c_int).cast(),
+        );
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> SyncError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            SyncError::NotSqlite(format!("{}: {e}", path.display()))
+        }
+        _ if is_busy(&e) => SyncError::Busy(DEFAULT_BUSY_TIMEOUT),
+        _ => sqlite_err(path, e),
+    }
+}
+
+fn sqlite_err(path: &Path, source: rusqlite::Error) -> SyncError {
+    SyncError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> SyncError {
+    SyncError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,449 @@
+//! One tenant's lifecycle: hot while its WAL changes, cold (no task, no file, no connection, no
+//! timer) while it does not.
+//!
+//! A hot tenant runs one task: sync (stage an L0 locally) → upload staged files in TXID order →
+//! checkpoint when due → wait for the next change, a batching window long. After
+//! `idle_timeout` without change it seals the WAL (see [`crate::db`]) and goes cold; the store
+//! wakes it again when the directory watch reports a write to its `-wal` or db file.
+//!
+//! Invariant: `replicated <= staged`; staged files are uploaded strictly in TXID order and
+//! removed locally only once the replica holds them (the newest one is kept: it anchors the chain
+//! after a restart).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{LtxInfo, Replica};
+use crate::db::{Db, DbConfig, Position, Proof, Staging, SyncError};
+use crate::ltx::{LtxFileName, Txid};
+
+/// Wait this long after a change before syncing, so that a burst of commits becomes one L0.
+pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(200);
+/// A tenant without changes for this long seals its WAL and goes cold.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retry failed syncs/uploads with exponential backoff up to this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct TenantConfig {
+    pub db: DbConfig,
+    pub sync_window: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            db: DbConfig::default(),
+            sync_window: DEFAULT_SYNC_WINDOW,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Snapshotting,
+    Replicating,
+    Idle,
+    Error,
+    Removed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Snapshotting => "snapshotting",
+            State::Replicating => "replicating",
+            State::Idle => "idle",
+            State::Error => "error",
+            State::Removed => "removed",
+        }
+    }
+}
+
+/// What the dashboard and the API show for one tenant.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TenantStatus {
+    pub id: String,
+    pub db_path: PathBuf,
+    pub replica_url: String,
+    pub state: State,
+    pub created_at: SystemTime,
+    pub local_txid: u64,
+    pub replicated_txid: u64,
+    pub last_sync: Option<SystemTime>,
+    /// Commit time of the oldest change not yet in the replica (None: nothing pending).
+    pub pending_since: Option<SystemTime>,
+    pub bytes_uploaded: u64,
+    pub objects_uploaded: u64,
+    pub last_error: Option<String>,
+}
+
+impl TenantStatus {
+    pub fn lag(&self) -> Duration {
+        self.pending_since
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Everything a tenant keeps between hot periods: a few hundred bytes.
+pub(crate) struct Cold {
+    pub pos: Option<Position>,
+    pub proof: Proof,
+    /// Highest TXID known to be in the replica (None: not listed yet in this process).
+    pub replicated: Option<u64>,
+}
+
+/// Shared parts handed to every tenant task.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: TenantConfig,
+    /// Caps concurrent replica operations across all tenants.
+    pub uploads: Arc<Semaphore>,
+    /// Caps concurrently open (hot) databases during start-up storms.
+    pub opens: Arc<Semaphore>,
+}
+
+pub(crate) struct TenantCtx {
+    pub id: String,
+    pub db_path: PathBuf,
+    pub staging: Staging,
+    pub replica: Replica,
+    pub wake: Arc<Notify>,
+    pub cancel: CancellationToken,
+    pub shared: Shared,
+    pub status: crate::store::StatusHandle,
+}
+
+/// Runs one hot period of a tenant; returns its cold state.
+pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
+    let cfg = &ctx.shared.config;
+    let mut backoff = Duration::from_millis(500);
+    let mut db: Option<Db> = None;
+    let mut last_checkpoint = Instant::now();
+    let mut synced_since_checkpoint = false;
+    let mut shutdown = false;
+    loop {
+        match step(
+            ctx,
+            &mut cold,
+            &mut db,
+            &mut last_checkpoint,
+            &mut synced_since_checkpoint,
+        )
+        .await
+        {
+            Ok(()) => {
+                if backoff > Duration::from_millis(500) {
+                    tracing::info!(client = %ctx.id, "replication recovered");
+                }
+                backoff = Duration::from_millis(500);
+                ctx.status.update(|s| {
+                    s.last_error = None;
+                    if s.state != State::Removed {
+                        s.state = State::Replicating;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(client = %ctx.id, error = %e, "replication step failed; retrying in {:?}", backoff);
+                let msg = e.to_string();
+                ctx.status.update(|s| {
+                    s.state = State::Error;
+                    s.last_error = Some(msg.clone());
+                });
+                if let StepError::Sync(SyncError::NotSqlite(_)) = e {
+                    // Not a database: nothing will change that except a new file, which the
+                    // watcher reports as a new registration.
+                    drop(db.take());
+                    return cold;
+                }
+                // Drop the connections: the next attempt re-verifies from scratch.
+                if db.take().is_some() && cold.proof == Proof::ReadLock {
+                    cold.proof = Proof::None;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctx.cancel.cancelled() => return cold,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        if shutdown {
+            return cold;
+        }
+        // Wait for the next change, or go cold.
+        tokio::select! {
+            _ = ctx.wake.notified() => {
+                tokio::time::sleep(cfg.sync_window).await;
+            }
+            _ = tokio::time::sleep(cfg.idle_timeout) => {
+                if let Some(d) = db.take() {
+                    match go_cold(ctx, &mut cold, d).await {
+                        Ok(()) => {
+                            ctx.status.update(|s| s.state = State::Idle);
+                            return cold;
+                        }
+                        Err(e) => {
+                            tracing::warn!(client = %ctx.id, error = %e, "could not seal WAL; staying hot");
+                            cold.proof = Proof::None;
+                        }
+                    }
+                }
+            }
+            _ = ctx.cancel.cancelled() => {
+                // Final bounded sync, then stop.
+                shutdown = true;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error("replica: {0}")]
+    Client(#[from] crate::client::ClientError),
+    #[error("internal: {0}")]
+    Join(String),
+}
+
+async fn step(
+    ctx: &TenantCtx,
+    cold: &mut Cold,
+    db: &mut Option<Db>,
+    last_checkpoint: &mut Instant,
+    synced_since_checkpoint: &mut bool,
+) -> Result<(), StepError> {
+    // 1. Know where the replica stands (once per process).
+    if cold.replicated.is_none() {
+        reconcile(ctx, cold).await?;
+    }
+    // 2. Open and sync, in the blocking pool.
+    let cfg = ctx.shared.config.clone();
+    let path = ctx.db_path.clone();
+    let staging = ctx.staging.clone();
+    let mut pos = cold.pos.clone().unwrap_or_default();
+    let mut proof = cold.proof.clone();
+    let taken = db.take();
+    let full_expected = pos.txid == 0 || proof == Proof::None;
+    if full_expected && pos.txid == 0 {
+        ctx.status.update(|s| s.state = State::Snapshotting);
+    }
+    let permit = if taken.is_none() {
+        Some(
+            ctx.shared
+                .opens
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| StepError::Join(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let since = *last_checkpoint;
+    let dirty = *synced_since_checkpoint;
+    let (handle, res) = tokio::task::spawn_blocking(move || {
+        let mut d = match taken {
+            Some(d) => d,
+            None => match Db::open(&path, cfg.db.clone()) {
+                Ok(d) => d,
+                Err(e) => return (None, Err(e)),
+            },
+        };
+        let r = (|| {
+            let mut staged = Vec::new();
+            if let Some(s) = d.sync(&mut pos, &mut proof, &staging)? {
+                staged.push(s);
+            }
+            let wal_pages = d.wal_pages(pos.page_size.max(512));
+            let due = wal_pages >= cfg.db.min_checkpoint_pages
+                || ((dirty || !staged.is_empty())
+                    && since.elapsed() >= cfg.db.checkpoint_interval
+                    && wal_pages > 0);
+            let mut checkpointed = false;
+            if due {
+                if let Some(s) = d.checkpoint_passive(&mut pos, &mut proof, &staging)? {
+                    staged.push(s);
+                }
+                checkpointed = true;
+            }
+            Ok((staged, pos, proof, checkpointed))
+        })();
+        (Some(d), r)
+    })
+    .await
+    .map_err(|e| StepError::Join(e.to_string()))?;
+    drop(permit);
+    *db = handle;
+    let (staged, pos, proof, checkpointed) = res?;
+    if checkpointed {
+        *last_checkpoint = Instant::now();
+        *synced_since_checkpoint = false;
+    } else if !staged.is_empty() {
+        *synced_since_checkpoint = true;
+    }
+    cold.pos = Some(pos.clone());
+    cold.proof = proof;
+    if !staged.is_empty() {
+        let now = SystemTime::now();
+        ctx.status.update(|s| {
+            s.local_txid = pos.txid;
+            s.last_sync = Some(now);
+            if s.pending_since.is_none() {
+                s.pending_since = Some(now);
+            }
+        });
+    }
+    // 3. Upload whatever is staged beyond the replica position.
+    upload(ctx, cold).await?;
+    Ok(())
+}
+
+/// Lists the replica once and makes local staging agree with it.
+async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
+    let remote = ctx.replica.list_all(&ctx.cancel).await?;
+    let remote_max = remote.iter().map(|f| f.max.0).max().unwrap_or(0);
+    let staging = ctx.staging.clone();
+    let path = ctx.db_path.clone();
+    let local = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+        let list = staging.list()?;
+        let pos = if list.is_empty() {
+            None
+        } else {
+            staging.recover_position(&path)?
+        };
+        Ok((list, pos))
+    })
+    .await
+    .map_err(|e| StepError::Join(e.to_string()))??;
+    let (list, recovered) = local;
+    if cold.pos.is_none() {
+        cold.pos = recovered;
+        cold.proof = Proof::None;
+    }
+    let local_max = list.last().map(|t| t.0).unwrap_or(0);
+    let local_min = list.first().map(|t| t.0).unwrap_or(0);
+    let contiguous = local_max <= remote_max || local_min <= remote_max + 1;
+    if local_max < remote_max || !contiguous || (remote_max == 0 && local_min > 1) {
+        // The replica is ahead of (or disjoint from) what we staged: local state was lost, or
+        // the database is a new history. Continue the replica's chain with a full-page L0.
+        ctx.staging.clear()?;
+        cold.pos = Some(Position {
+            txid: remote_max,
+            ..Position::default()
+        });
+        cold.proof = Proof::None;
+        tracing::info!(client = %ctx.id, remote_max, local_max, "continuing the replica's chain with a full snapshot");
+    }
+    cold.replicated = Some(remote_max);
+    let pos_txid = cold.pos.as_ref().map(|p| p.txid).unwrap_or(0);
+    ctx.status.update(|s| {
+        s.replicated_txid = remote_max;
+        s.local_txid = pos_txid;
+    });
+    Ok(())
+}
+
+async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
+    let staging = ctx.staging.clone();
+    let list = tokio::task::spawn_blocking(move || staging.list())
+        .await
+        .map_err(|e| StepError::Join(e.to_string()))??;
+    let mut replicated = cold.replicated.unwrap_or(0);
+    let pending: Vec<Txid> = list.iter().copied().filter(|t| t.0 > replicated).collect();
+    for txid in pending {
+        if txid.0 != replicated + 1 {
+            // Should not happen: staging is contiguous by construction. Start over from the
+            // replica's position rather than uploading a gap.
+            ctx.staging.clear()?;
+            cold.pos = Some(Position {
+                txid: replicated,
+                ..Position::default()
+            });
+            cold.proof = Proof::None;
+            return Err(
+                SyncError::Staging(crate::client::ClientError::Other(format!(
+                    "staged TXID {txid} does not follow replicated {}",
+                    Txid(replicated)
+                )))
+                .into(),
+            );
+        }
+        let path = ctx.staging.path_of(txid);
+        let data = tokio::fs::read(&path)
+            .await
+            .map_err(|e| crate::client::ClientError::io(&path, e))?;
+        let hdr = crate::ltx::Header::decode(&data).map_err(SyncError::Ltx)?;
+        let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64);
+        let size = data.len() as u64;
+        let _permit = ctx
+            .shared
+            .uploads
+            .acquire()
+            .await
+            .map_err(|e| StepError::Join(e.to_string()))?;
+        let info: LtxInfo = ctx
+            .replica
+            .write(
+                0,
+                LtxFileName {
+                    min: txid,
+                    max: txid,
+                },
+                data,
+                ts,
+                &ctx.cancel,
+            )
+            .await?;
+        replicated = info.max.0;
+        cold.replicated = Some(replicated);
+        let done_all = list.last() == Some(&txid);
+        ctx.status.update(|s| {
+            s.replicated_txid = replicated;
+            s.bytes_uploaded += size;
+            s.objects_uploaded += 1;
+            if done_all {
+                s.pending_since = None;
+            }
+        });
+    }
+    // Keep only the newest staged file: it anchors the chain after a restart.
+    if let Some((_, older)) = list.split_last() {
+        for t in older.iter().filter(|t| t.0 <= replicated) {
+            ctx.staging.remove(*t)?;
+        }
+    }
+    Ok(())
+}
+
+async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepError> {
+    let mut pos = cold.pos.clone().unwrap_or_default();
+    let mut proof = cold.proof.clone();
+    let staging = ctx.staging.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let r = db.seal_and_close(&mut pos, &mut proof, &staging);
+        r.map(|s| (s, pos, proof))
+    })
+    .await
+    .map_err(|e| StepError::Join(e.to_string()))?;
+    let (staged, pos, proof) = res?;
+    cold.pos = Some(pos);
+    cold.proof = proof;
+    if staged.is_some() {
+        upload(ctx, cold).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! HTTP surface: `/api/status`, `/api/clients/{id}`, `/ws`, health, Leptos server functions and
+//! the embedded dashboard. Handlers only read engine status and map it to the `app` wire types.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use app::{ClientStatus, StatusResponse, WsMessage};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use engine::store::{Store, StoreEvent};
+use engine::tenant::TenantStatus;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::assets;
+
+/// Everything the handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub started: Instant,
+    pub bucket: Option<String>,
+    pub watch_dirs: Vec<String>,
+    pub target_status: Arc<std::sync::RwLock<String>>,
+    pub ignored: Arc<std::sync::Mutex<engine::watcher::IgnoredNames>>,
+}
+
+impl AppState {
+    pub fn status(&self) -> StatusResponse {
+        let clients: Vec<ClientStatus> = self.store.statuses().iter().map(client_dto).collect();
+        let active = clients
+            .iter()
+            .filter(|c| c.status != ClientStatus::ERROR)
+            .count() as u64;
+        let up = self.started.elapsed().as_secs();
+        StatusResponse {
+            bucket: self.bucket.clone(),
+            watch_dirs: self.watch_dirs.clone(),
+            total_clients: clients.len() as u64,
+            active_clients: active,
+            uptime: fmt_uptime(up),
+            uptime_seconds: up,
+            s3_status: self
+                .target_status
+                .read()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+            clients,
+        }
+    }
+
+    fn summary(&self) -> WsMessage {
+        let s = self.status();
+        WsMessage::Summary {
+            total_clients: s.total_clients,
+            active_clients: s.active_clients,
+            uptime: s.uptime,
+            uptime_seconds: s.uptime_seconds,
+            s3_status: s.s3_status,
+        }
+    }
+}
+
+impl app::DashboardBackend for AppState {
+    fn server_info(&self) -> app::ServerInfo {
+        let up = self.started.elapsed().as_secs();
+        app::ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime: fmt_uptime(up),
+            uptime_seconds: up,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/status", get(api_status))
+        .route("/api/clients/{id}", get(api_client))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(ws_handler))
+        .route(
+            &format!("{}/{{*fn_name}}", app::SERVER_FN_PREFIX),
+            any(server_fn_handler),
+        )
+        .route("/api/{*rest}", any(api_not_found))
+        .fallback(assets::static_handler)
+        .with_state(state)
+}
+
+async fn api_status(State(state): State<AppState>) -> Json<StatusResponse> {
+    Json(state.status())
+}
+
+async fn api_client(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.store.status(&id) {
+        Some(s) => Json(client_dto(&s)).into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no client {id:?}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn api_not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint").into_response()
+}
+
+async fn server_fn_handler(State(state): State<AppState>, req: Request) -> Response {
+    let backend: Arc<dyn app::DashboardBackend> = Arc::new(state);
+    leptos_axum::handle_server_fns_with_context(
+        move || leptos::prelude::provide_context(backend.clone()),
+        req,
+    )
+    .await
+    .into_response()
+}
+
+async fn ws_handler(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| ws_session(state, socket))
+}
+
+/// Sends a snapshot, then coalesced deltas: changes are gathered for a short window so that many
+/// busy tenants produce a few messages a second, not one per sync. A receiver that lagged behind
+/// gets a fresh snapshot.
+async fn ws_session(state: AppState, mut socket: WebSocket) {
+    const COALESCE: Duration = Duration::from_millis(250);
+    let mut events = state.store.subscribe();
+    if send(
+        &mut socket,
+        &WsMessage::Snapshot {
+            status: state.status(),
+        },
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    let mut summary_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let mut changed: Vec<String> = Vec::new();
+        let mut added: Vec<String> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let mut resync = false;
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(e) => push(e, &mut added, &mut changed, &mut removed),
+                Err(RecvError::Lagged(_)) => resync = true,
+                Err(RecvError::Closed) => return,
+            },
+            _ = summary_tick.tick() => {
+                if send(&mut socket, &state.summary()).await.is_err() { return; }
+                continue;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                _ => continue,
+            },
+        }
+        // Gather what else happens within the window.
+        let deadline = tokio::time::Instant::now() + COALESCE;
+        while !resync {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(e)) => push(e, &mut added, &mut changed, &mut removed),
+                Ok(Err(RecvError::Lagged(_))) => resync = true,
+                Ok(Err(RecvError::Closed)) => return,
+                Err(_) => break,
+            }
+        }
+        let mut out = Vec::new();
+        if resync {
+            out.push(WsMessage::Snapshot {
+                status: state.status(),
+            });
+        } else {
+            for id in &removed {
+                out.push(WsMessage::Removed {
+                    client_id: id.clone(),
+                });
+            }
+            for id in added.iter().filter(|id| !removed.contains(id)) {
+                if let Some(s) = state.store.status(id) {
+                    out.push(WsMessage::Added {
+                        client: client_dto(&s),
+                    });
+                }
+            }
+            for id in changed
+                .iter()
+                .filter(|id| !removed.contains(id) && !added.contains(id))
+            {
+                if let Some(s) = state.store.status(id) {
+                    out.push(WsMessage::Changed {
+                        client: client_dto(&s),
+                    });
+                }
+            }
+            if !added.is_empty() || !removed.is_empty() {
+                out.push(state.summary());
+            }
+        }
+        for m in &out {
+            if send(&mut socket, m).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn push(
+    e: StoreEvent,
+    added: &mut Vec<String>,
+    changed: &mut Vec<String>,
+    removed: &mut Vec<String>,
+) {
+    match e {
+        StoreEvent::Added(id) => {
+            removed.retain(|r| r != &id);
+            if !added.contains(&id) {
+                added.push(id);
+            }
+        }
+        StoreEvent::Changed(id) => {
+            if !changed.contains(&id) {
+                changed.push(id);
+            }
+        }
+        StoreEvent::Removed(id) => {
+            added.retain(|a| a != &id);
+            if !removed.contains(&id) {
+                removed.push(id);
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: &WsMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(msg).unwrap_or_default();
+    socket.send(Message::Text(text.into())).await
+}
+
+pub fn client_dto(s: &TenantStatus) -> ClientStatus {
+    let txid = |t: u64| (t > 0).then(|| format!("{t:016x}"));
+    ClientStatus {
+        client_id: s.id.clone(),
+        database_path: s.db_path.display().to_string(),
+        s3_path: s.replica_url.clone(),
+        status: s.state.as_str().to_string(),
+        created_at: rfc3339(s.created_at),
+        local_txid: txid(s.local_txid),
+        replicated_txid: txid(s.replicated_txid),
+        lag_seconds: Some(s.lag().as_secs_f64()),
+        last_sync_at: s.last_sync.map(rfc3339),
+        bytes_uploaded: s.bytes_uploaded,
+        objects_uploaded: s.objects_uploaded,
+        last_error: s.last_error.clone(),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    engine::restore::fmt_time(t)
+}
+
+pub fn fmt_uptime(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// JSON error with a stable shape: `{"error": {"code": "...", "message": "..."}}`.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}

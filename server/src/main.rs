@@ -1,0 +1,269 @@
+//! `litestream-manager`: parses the command line, sets up logging, wires the engine's store and
+//! watcher to the HTTP server, and runs `restore`. It owns no replication logic.
+
+mod assets;
+mod cli;
+mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use engine::store::{Store, StoreConfig, Target};
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command, LogFormat, RestoreArgs, ServeArgs};
+
+const DEFAULT_WATCH_DIR: &str = "data/clients";
+/// Bounded final sync on SIGTERM/SIGINT; a second signal aborts it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(cli::normalize_args(std::env::args_os()));
+    init_tracing(cli.serve.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Some(Command::Restore(args)) => restore(args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // 1. Validate the directories.
+    let default_dirs = args.watch_dir.is_empty() && args.dsn.is_none();
+    let watch_dirs: Vec<PathBuf> = if default_dirs {
+        let d = PathBuf::from(DEFAULT_WATCH_DIR);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        vec![d]
+    } else {
+        args.watch_dir.clone()
+    };
+    for d in &watch_dirs {
+        if !d.is_dir() {
+            bail!(
+                "directory does not exist: {} (please create it first)",
+                d.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
+    let state_canon = std::fs::canonicalize(&args.state_dir)?;
+    for d in &watch_dirs {
+        if std::fs::canonicalize(d)? == state_canon {
+            bail!(
+                "-state-dir {} must not be a watched directory",
+                args.state_dir.display()
+            );
+        }
+    }
+    let target = match &args.bucket {
+        Some(bucket) => bail!(
+            "-bucket {bucket}: the S3 backend is not available in this build yet; use -replica-dir for a local replica"
+        ),
+        None => {
+            let root = args.replica_dir.join(&args.prefix);
+            std::fs::create_dir_all(&root)
+                .with_context(|| format!("cannot create replica directory {}", root.display()))?;
+            Target::Fs { root }
+        }
+    };
+
+    // 2. Bind before starting replication, so a busy port fails fast and loses nothing.
+    let addr = format!("{}:{}", args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr}: {e} (choose another port with -port)")
+    })?;
+
+    // 3. Engine: store + watcher.
+    let cancel = CancellationToken::new();
+    let store = Store::new(
+        StoreConfig {
+            state_dir: args.state_dir.clone(),
+            target: target.clone(),
+            tenant: Default::default(),
+            max_uploads: args.max_uploads,
+            max_opening: engine::store::DEFAULT_MAX_OPENING,
+        },
+        cancel.child_token(),
+    );
+    if let Some(dsn) = &args.dsn {
+        register_dsn(&store, dsn, args.db_name.as_deref())?;
+    }
+    let ignored = Arc::new(std::sync::Mutex::new(
+        engine::watcher::IgnoredNames::default(),
+    ));
+    let watcher = engine::watcher::spawn(
+        store.clone(),
+        watch_dirs.clone(),
+        engine::watcher::DEFAULT_RESCAN_INTERVAL,
+        cancel.child_token(),
+        ignored.clone(),
+    )
+    .await
+    .context("cannot watch directories")?;
+
+    let state = http::AppState {
+        store: store.clone(),
+        started: Instant::now(),
+        bucket: args.bucket.clone(),
+        watch_dirs: watch_dirs.iter().map(|d| d.display().to_string()).collect(),
+        target_status: Arc::new(std::sync::RwLock::new("ok".to_string())),
+        ignored,
+    };
+    tracing::info!(
+        "🚀 litestream-manager {} on http://{addr} — watching {:?}, replicating to {}",
+        env!("CARGO_PKG_VERSION"),
+        state.watch_dirs,
+        target.describe()
+    );
+
+    // 4. Serve until a signal; then a bounded final sync.
+    let shutdown = cancel.clone();
+    let server = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+    wait_for_signal().await;
+    tracing::info!(
+        "shutting down: final sync (at most {SHUTDOWN_GRACE:?}; press Ctrl-C again to abort)"
+    );
+    cancel.cancel();
+    tokio::select! {
+        done = store.shutdown(SHUTDOWN_GRACE) => {
+            if !done { tracing::warn!("final sync did not finish in time"); }
+        }
+        _ = wait_for_signal() => tracing::warn!("aborted final sync"),
+    }
+    watcher.abort();
+    let _ = server.await;
+    Ok(())
+}
+
+fn register_dsn(store: &Store, dsn: &Path, db_name: Option<&str>) -> anyhow::Result<()> {
+    if !dsn.is_file() {
+        bail!("-dsn {}: file does not exist", dsn.display());
+    }
+    let name = match db_name {
+        Some(n) => n.to_string(),
+        None => dsn
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let id = cli::sanitize_db_name(&name).map_err(anyhow::Error::msg)?;
+    store
+        .register(&id, &std::fs::canonicalize(dsn)?)
+        .map_err(|e| anyhow::anyhow!("-dsn {}: {e}", dsn.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    use engine::restore::{RestoreOptions, Target as RestoreTarget};
+    let (replica, id) = parse_replica_url(&args.url)?;
+    let mut target = RestoreTarget::default();
+    if let Some(t) = &args.txid {
+        target.txid = Some(t.parse().map_err(|_| {
+            anyhow::anyhow!("-txid {t:?}: expected exactly 16 hex digits, e.g. 0000000000000007")
+        })?);
+    }
+    if let Some(ts) = &args.timestamp {
+        let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| {
+                anyhow::anyhow!("-timestamp {ts:?}: not RFC 3339 ({e}); e.g. 2026-11-29T13:59:18Z")
+            })?;
+        target.timestamp = Some(t.into());
+    }
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{id}.db")));
+    let opts = RestoreOptions {
+        target,
+        force: args.force,
+        integrity_check: true,
+    };
+    let started = Instant::now();
+    let report = engine::restore::restore(&replica, &out, &opts, &CancellationToken::new()).await?;
+    eprintln!(
+        "restored {} to TXID {} ({} pages of {} bytes) from {} files in {:.2?}",
+        out.display(),
+        report.txid,
+        report.pages,
+        report.page_size,
+        report.plan.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// `file:///abs/dir`, a plain directory path; `s3://` once the S3 backend lands.
+fn parse_replica_url(url: &str) -> anyhow::Result<(engine::client::Replica, String)> {
+    if url.starts_with("s3://") {
+        bail!("{url}: S3 replicas are not supported by this build yet");
+    }
+    let path = match url.strip_prefix("file://") {
+        Some(p) if p.starts_with('/') => PathBuf::from(p),
+        Some(_) => bail!(
+            "{url}: a file URL needs an absolute path, e.g. file:///srv/replica/databases/<id>"
+        ),
+        None if url.contains("://") => {
+            bail!("{url}: unsupported URL scheme (use file:// or a directory)")
+        }
+        None => PathBuf::from(url),
+    };
+    if !path.is_dir() {
+        bail!("replica directory does not exist: {}", path.display());
+    }
+    let id = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("restored")
+        .to_string();
+    Ok((
+        engine::client::Replica::Fs(engine::client::fs::FsReplica::new(path)),
+        id,
+    ))
+}

