@@ -10,6 +10,7 @@
 //! `assets.rs` embed, so they do not depend on whether the real dashboard was built.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 use std::{env, fs};
 
 const PLACEHOLDER: &str = "<!doctype html>
@@ -32,8 +33,14 @@ fn main() {
         .expect("server/ lives in the workspace")
         .join("dist");
 
-    // A directory is scanned recursively for changes; a missing path re-runs this script on
-    // every build, which is what makes a later `cargo xtask dist` get picked up.
+    // Cargo scans a watched directory recursively, so `cargo xtask dist` writing into it re-runs
+    // this script. A *missing* watched path would instead re-run it, and recompile the server, on
+    // every build; hence an empty (gitignored) `dist/` is created when there is none. If that
+    // fails (read-only tree), the missing path is watched anyway: slower, still correct.
+    // Its mtime is set back to the epoch, or cargo would see it as changed after this very run.
+    if !dist.exists() && fs::create_dir_all(&dist).is_ok() {
+        let _ = fs::File::open(&dist).and_then(|dir| dir.set_modified(SystemTime::UNIX_EPOCH));
+    }
     println!("cargo::rerun-if-changed={}", dist.display());
 
     let folder = if dist.join("index.html").is_file() {

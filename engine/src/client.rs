@@ -6,6 +6,7 @@
 //! waits on a slow store.
 
 pub mod fs;
+pub mod s3;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -24,8 +25,10 @@ pub struct LtxInfo {
     pub min: Txid,
     pub max: Txid,
     pub size: u64,
-    /// Creation time as the replica reports it: the file's mtime (fs), or the
-    /// `litestream-timestamp` metadata (S3); both equal the LTX header timestamp when we wrote them.
+    /// Creation time as the replica reports it: the file's mtime (fs, equal to the LTX header
+    /// timestamp when we wrote it), or S3's `LastModified` (upload time, whole seconds on some
+    /// stores); [`Replica::list_with_timestamps`] gives S3's `litestream-timestamp` metadata
+    /// (= the header timestamp) instead.
     pub created_at: SystemTime,
 }
 
@@ -61,6 +64,19 @@ pub enum ClientError {
     Denied(String),
     #[error("replica error: {0}")]
     Other(String),
+    /// The bucket does not exist (S3 `NoSuchBucket`): an operator must create it or fix the flags.
+    #[error("no such bucket: {0}")]
+    NoSuchBucket(String),
+    /// The store did not answer usefully: throttling (`SlowDown`), 5xx, timeouts, connection
+    /// refused/reset, DNS. Retrying later succeeds once the store recovers.
+    #[error("replica unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused the request for a reason retrying will not fix (an unexpected 4xx).
+    #[error("replica rejected the request: {0}")]
+    Rejected(String),
+    /// The replica is misconfigured (region, endpoint, CA bundle, no region at all).
+    #[error("replica configuration: {0}")]
+    Config(String),
 }
 
 impl ClientError {
@@ -82,13 +98,22 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ClientError::Io { .. } | ClientError::NoSpace { .. } | ClientError::Other(_)
+            ClientError::Io { .. }
+                | ClientError::NoSpace { .. }
+                | ClientError::Other(_)
+                | ClientError::Unavailable(_)
         )
     }
 
     /// Retrying will not help until an operator acts.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ClientError::Denied(_))
+        matches!(
+            self,
+            ClientError::Denied(_)
+                | ClientError::NoSuchBucket(_)
+                | ClientError::Rejected(_)
+                | ClientError::Config(_)
+        )
     }
 }
 
@@ -96,6 +121,7 @@ impl ClientError {
 #[derive(Clone, Debug)]
 pub enum Replica {
     Fs(fs::FsReplica),
+    S3(s3::S3Replica),
 }
 
 impl Replica {
@@ -103,6 +129,7 @@ impl Replica {
     pub fn url(&self) -> String {
         match self {
             Replica::Fs(c) => c.url(),
+            Replica::S3(c) => c.url(),
         }
     }
 
@@ -113,16 +140,43 @@ impl Replica {
     ) -> Result<Vec<LtxInfo>, ClientError> {
         match self {
             Replica::Fs(c) => guard(cancel, c.list(level)).await,
+            Replica::S3(c) => guard(cancel, c.list(level)).await,
         }
     }
 
-    /// All levels 0..=9, each sorted by min TXID.
+    /// All levels 0..=9, sorted by (level, min). S3: one paginated listing of the whole prefix.
     pub async fn list_all(&self, cancel: &CancellationToken) -> Result<Vec<LtxInfo>, ClientError> {
+        if let Replica::S3(c) = self {
+            return guard(cancel, c.list_all()).await;
+        }
         let mut all = Vec::new();
         for level in 0..=SNAPSHOT_LEVEL {
             all.extend(self.list(level, cancel).await?);
         }
         Ok(all)
+    }
+
+    /// Like [`Replica::list_all`], but `created_at` is exactly the LTX header timestamp as the
+    /// replica recorded it (fs: the mtime, free; S3: the `litestream-timestamp` metadata, one
+    /// `HeadObject` per file). For point-in-time restore.
+    pub async fn list_with_timestamps(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<LtxInfo>, ClientError> {
+        match self {
+            Replica::S3(c) => guard(cancel, c.list_with_timestamps()).await,
+            _ => self.list_all(cancel).await,
+        }
+    }
+
+    /// This replica with every listing reporting exact timestamps (see
+    /// [`Replica::list_with_timestamps`]), for callers that only call `list_all`, such as
+    /// [`crate::restore::restore`] with a `-timestamp` target. No-op for fs.
+    pub fn with_exact_timestamps(self) -> Replica {
+        match self {
+            Replica::S3(c) => Replica::S3(c.with_metadata_timestamps(true)),
+            other => other,
+        }
     }
 
     /// Reads a whole LTX file.
@@ -133,6 +187,7 @@ impl Replica {
     ) -> Result<Vec<u8>, ClientError> {
         match self {
             Replica::Fs(c) => guard(cancel, c.read(info.level, info.name())).await,
+            Replica::S3(c) => guard(cancel, c.read(info.level, info.name())).await,
         }
     }
 
@@ -147,6 +202,7 @@ impl Replica {
     ) -> Result<LtxInfo, ClientError> {
         match self {
             Replica::Fs(c) => guard(cancel, c.write(level, name, data, created_at)).await,
+            Replica::S3(c) => guard(cancel, c.write(level, name, data, created_at)).await,
         }
     }
 
@@ -157,6 +213,7 @@ impl Replica {
     ) -> Result<(), ClientError> {
         match self {
             Replica::Fs(c) => guard(cancel, c.delete(files)).await,
+            Replica::S3(c) => guard(cancel, c.delete(files)).await,
         }
     }
 }

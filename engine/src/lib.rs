@@ -5,6 +5,7 @@
 //! - [`ltx`]: the LTX v3 file codec (what Litestream 0.5.16+ writes; reads the older page encoding too).
 //! - [`wal`]: reader for SQLite's `-wal` file: header, frames, checksums, commits, generations.
 pub mod client;
+pub mod compact;
 pub mod db;
 pub mod ltx;
 pub mod restore;

@@ -5,7 +5,7 @@
 //! (its status and chain position); a hot tenant additionally has one task, tracked by a
 //! `TaskTracker` so shutdown can wait for the final syncs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -17,7 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::client::fs::FsReplica;
 use crate::client::Replica;
 use crate::db::{Proof, Staging};
-use crate::tenant::{self, Cold, Shared, State, TenantConfig, TenantCtx, TenantStatus};
+use crate::tenant::{
+    self, Cold, RemoteState, Shared, State, TenantConfig, TenantCtx, TenantStatus,
+};
 
 /// Default cap on concurrent replica operations across all tenants (the seed's promise).
 pub const DEFAULT_MAX_UPLOADS: usize = 50;
@@ -31,12 +33,19 @@ const EVENT_CAPACITY: usize = 4096;
 pub enum Target {
     /// `<root>/<id>/ltx/<level>/…` — `root` already includes the prefix (e.g. `data/replica/databases`).
     Fs { root: PathBuf },
+    /// `s3://<bucket>/<prefix>/<id>/<%04x level>/…` — one client (pool, retry budget) shared by
+    /// every tenant; `prefix` is e.g. `databases`.
+    S3 {
+        client: crate::client::s3::S3Client,
+        prefix: String,
+    },
 }
 
 impl Target {
     pub fn replica_for(&self, id: &str) -> Replica {
         match self {
             Target::Fs { root } => Replica::Fs(FsReplica::new(root.join(id))),
+            Target::S3 { client, prefix } => Replica::S3(client.replica(&format!("{prefix}/{id}"))),
         }
     }
 
@@ -46,6 +55,7 @@ impl Target {
                 let abs = std::path::absolute(root).unwrap_or_else(|_| root.clone());
                 format!("file://{}", abs.display())
             }
+            Target::S3 { client, prefix } => client.url_for(prefix),
         }
     }
 }
@@ -102,6 +112,10 @@ struct Entry {
     hot: bool,
     /// A wake arrived while the hot task was finishing: start it again.
     rewake: bool,
+    remote: RemoteState,
+    /// When maintenance is scheduled for this tenant (None: nothing pending).
+    maintenance_at: Option<SystemTime>,
+    maintaining: bool,
 }
 
 struct Inner {
@@ -111,6 +125,9 @@ struct Inner {
     events: broadcast::Sender<StoreEvent>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Maintenance queue: (due time, tenant id). One timer for all tenants.
+    schedule: Mutex<BTreeSet<(SystemTime, String)>>,
+    schedule_changed: Notify,
 }
 
 #[derive(Clone)]
@@ -126,7 +143,7 @@ impl Store {
             opens: Arc::new(Semaphore::new(config.max_opening.max(1))),
         };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 config,
                 shared,
@@ -134,8 +151,119 @@ impl Store {
                 events,
                 cancel,
                 tracker: TaskTracker::new(),
+                schedule: Mutex::new(BTreeSet::new()),
+                schedule_changed: Notify::new(),
             }),
+        };
+        let s = store.clone();
+        store
+            .inner
+            .tracker
+            .spawn(async move { s.run_scheduler().await });
+        store
+    }
+
+    /// Runs maintenance for `id` at `at` (or earlier, if already scheduled earlier).
+    pub fn schedule(&self, id: &str, at: SystemTime) {
+        let mut tenants = self.lock();
+        let Some(entry) = tenants.get_mut(id) else {
+            return;
+        };
+        if entry.maintenance_at.is_some_and(|t| t <= at) {
+            return;
         }
+        let mut q = self
+            .inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = entry.maintenance_at.take() {
+            q.remove(&(old, id.to_string()));
+        }
+        entry.maintenance_at = Some(at);
+        q.insert((at, id.to_string()));
+        drop(q);
+        drop(tenants);
+        self.inner.schedule_changed.notify_one();
+    }
+
+    /// The one timer behind every tenant's maintenance.
+    async fn run_scheduler(&self) {
+        loop {
+            let now = SystemTime::now();
+            let (due, next): (Vec<String>, Option<SystemTime>) = {
+                let mut q = self
+                    .inner
+                    .schedule
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let mut due = Vec::new();
+                while let Some((t, _)) = q.first() {
+                    if *t > now {
+                        break;
+                    }
+                    if let Some((_, id)) = q.pop_first() {
+                        due.push(id);
+                    }
+                }
+                (due, q.first().map(|(t, _)| *t))
+            };
+            for id in due {
+                self.start_maintenance(&id);
+            }
+            let sleep = next
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = self.inner.schedule_changed.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    fn start_maintenance(&self, id: &str) {
+        let mut tenants = self.lock();
+        let Some(entry) = tenants.get_mut(id) else {
+            return;
+        };
+        entry.maintenance_at = None;
+        if entry.maintaining {
+            // Running already: it reschedules itself from its own plan.
+            return;
+        }
+        entry.maintaining = true;
+        let remote = entry.remote.clone();
+        let cancel = entry.cancel.clone();
+        drop(tenants);
+        let replica = self.inner.config.target.replica_for(id);
+        let store = self.clone();
+        let id = id.to_string();
+        self.inner.tracker.spawn(async move {
+            let cfg = &store.inner.shared.config.compaction;
+            let result = tenant::maintain(
+                &id,
+                &replica,
+                &remote,
+                cfg,
+                &store.inner.shared.uploads,
+                &cancel,
+            )
+            .await;
+            let next = match result {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(client = %id, error = %e, "maintenance failed; retrying in 30s");
+                    Some(SystemTime::now() + Duration::from_secs(30))
+                }
+            };
+            if let Some(e) = store.lock().get_mut(&id) {
+                e.maintaining = false;
+            }
+            if let Some(at) = next.filter(|_| !cancel.is_cancelled()) {
+                store.schedule(&id, at);
+            }
+        });
     }
 
     pub fn target(&self) -> &Target {
@@ -187,10 +315,12 @@ impl Store {
                 cold: Some(Cold {
                     pos: None,
                     proof: Proof::None,
-                    replicated: None,
                 }),
                 hot: false,
                 rewake: false,
+                remote: RemoteState::default(),
+                maintenance_at: None,
+                maintaining: false,
             },
         );
         drop(tenants);
@@ -234,6 +364,9 @@ impl Store {
                 cold: None, // never woken
                 hot: false,
                 rewake: false,
+                remote: RemoteState::default(),
+                maintenance_at: None,
+                maintaining: false,
             },
         );
         drop(tenants);
@@ -283,6 +416,12 @@ impl Store {
                 id: id.to_string(),
                 status: entry.status.clone(),
                 events: self.inner.events.clone(),
+            },
+            remote: entry.remote.clone(),
+            maintain: {
+                let store = self.clone();
+                let id = id.to_string();
+                Arc::new(move || store.schedule(&id, SystemTime::now()))
             },
         };
         drop(tenants);

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{LtxInfo, Replica};
+use crate::client::{LtxInfo, Replica, SNAPSHOT_LEVEL};
+use crate::compact::{self, CompactionConfig, Index, Job};
 use crate::db::{Db, DbConfig, Position, Proof, Staging, SyncError};
 use crate::ltx::{LtxFileName, Txid};
 
@@ -31,6 +32,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct TenantConfig {
     pub db: DbConfig,
+    pub compaction: CompactionConfig,
     pub sync_window: Duration,
     pub idle_timeout: Duration,
 }
@@ -39,6 +41,7 @@ impl Default for TenantConfig {
     fn default() -> Self {
         Self {
             db: DbConfig::default(),
+            compaction: CompactionConfig::default(),
             sync_window: DEFAULT_SYNC_WINDOW,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
@@ -99,9 +102,11 @@ impl TenantStatus {
 pub(crate) struct Cold {
     pub pos: Option<Position>,
     pub proof: Proof,
-    /// Highest TXID known to be in the replica (None: not listed yet in this process).
-    pub replicated: Option<u64>,
 }
+
+/// What the engine knows of a tenant's replica; shared by its hot task and its maintenance jobs,
+/// whose steps it serializes. `None` until the replica was listed once in this process.
+pub(crate) type RemoteState = Arc<tokio::sync::Mutex<Option<Index>>>;
 
 /// Shared parts handed to every tenant task.
 #[derive(Clone)]
@@ -122,6 +127,9 @@ pub(crate) struct TenantCtx {
     pub cancel: CancellationToken,
     pub shared: Shared,
     pub status: crate::store::StatusHandle,
+    pub remote: RemoteState,
+    /// Asks the store to run maintenance (compaction, snapshots, retention) for this tenant.
+    pub maintain: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Runs one hot period of a tenant; returns its cold state.
@@ -227,7 +235,7 @@ async fn step(
     synced_since_checkpoint: &mut bool,
 ) -> Result<(), StepError> {
     // 1. Know where the replica stands (once per process).
-    if cold.replicated.is_none() {
+    if ctx.remote.lock().await.is_none() {
         reconcile(ctx, cold).await?;
     }
     // 2. Open and sync, in the blocking pool.
@@ -314,11 +322,13 @@ async fn step(
 
 /// Lists the replica once and makes local staging agree with it.
 async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
-    let remote = ctx.replica.list_all(&ctx.cancel).await?;
-    let remote_max = remote.iter().map(|f| f.max.0).max().unwrap_or(0);
+    let mut remote_guard = ctx.remote.lock().await;
+    let listing = ctx.replica.list_all(&ctx.cancel).await?;
+    let index = Index::from_listing(listing);
+    let remote_max = index.max_txid();
     let staging = ctx.staging.clone();
     let path = ctx.db_path.clone();
-    let local = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+    let (list, recovered) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
         let list = staging.list()?;
         let pos = if list.is_empty() {
             None
@@ -329,17 +339,22 @@ async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     })
     .await
     .map_err(|e| StepError::Join(e.to_string()))??;
-    let (list, recovered) = local;
     if cold.pos.is_none() {
         cold.pos = recovered;
         cold.proof = Proof::None;
     }
     let local_max = list.last().map(|t| t.0).unwrap_or(0);
     let local_min = list.first().map(|t| t.0).unwrap_or(0);
-    let contiguous = local_max <= remote_max || local_min <= remote_max + 1;
-    if local_max < remote_max || !contiguous || (remote_max == 0 && local_min > 1) {
-        // The replica is ahead of (or disjoint from) what we staged: local state was lost, or
-        // the database is a new history. Continue the replica's chain with a full-page L0.
+    let pos_txid = cold.pos.as_ref().map(|p| p.txid).unwrap_or(0);
+    // Staged files must continue the replica's chain exactly; otherwise (local state lost, the
+    // replica wiped or restored elsewhere, a new database under the same id) continue the
+    // replica's chain with a full-page L0.
+    let continues = if local_max == 0 {
+        pos_txid == remote_max
+    } else {
+        local_max >= remote_max && local_min <= remote_max + 1 && (remote_max > 0 || local_min == 1)
+    };
+    if !continues {
         ctx.staging.clear()?;
         cold.pos = Some(Position {
             txid: remote_max,
@@ -348,7 +363,8 @@ async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
         cold.proof = Proof::None;
         tracing::info!(client = %ctx.id, remote_max, local_max, "continuing the replica's chain with a full snapshot");
     }
-    cold.replicated = Some(remote_max);
+    *remote_guard = Some(index);
+    drop(remote_guard);
     let pos_txid = cold.pos.as_ref().map(|p| p.txid).unwrap_or(0);
     ctx.status.update(|s| {
         s.replicated_txid = remote_max;
@@ -362,8 +378,13 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     let list = tokio::task::spawn_blocking(move || staging.list())
         .await
         .map_err(|e| StepError::Join(e.to_string()))??;
-    let mut replicated = cold.replicated.unwrap_or(0);
+    let mut guard = ctx.remote.lock().await;
+    let Some(index) = guard.as_mut() else {
+        return Ok(());
+    };
+    let mut replicated = index.max_txid();
     let pending: Vec<Txid> = list.iter().copied().filter(|t| t.0 > replicated).collect();
+    let uploaded_any = !pending.is_empty();
     for txid in pending {
         if txid.0 != replicated + 1 {
             // Should not happen: staging is contiguous by construction. Start over from the
@@ -389,7 +410,7 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
         let hdr = crate::ltx::Header::decode(&data).map_err(SyncError::Ltx)?;
         let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64);
         let size = data.len() as u64;
-        let _permit = ctx
+        let permit = ctx
             .shared
             .uploads
             .acquire()
@@ -408,8 +429,9 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
                 &ctx.cancel,
             )
             .await?;
+        drop(permit);
         replicated = info.max.0;
-        cold.replicated = Some(replicated);
+        index.insert(info);
         let done_all = list.last() == Some(&txid);
         ctx.status.update(|s| {
             s.replicated_txid = replicated;
@@ -420,13 +442,90 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
             }
         });
     }
+    drop(guard);
     // Keep only the newest staged file: it anchors the chain after a restart.
     if let Some((_, older)) = list.split_last() {
         for t in older.iter().filter(|t| t.0 <= replicated) {
             ctx.staging.remove(*t)?;
         }
     }
+    if uploaded_any {
+        (ctx.maintain)();
+    }
     Ok(())
+}
+
+/// Runs the compactions, snapshots and deletions due now; returns when to run again.
+pub(crate) async fn maintain(
+    id: &str,
+    replica: &Replica,
+    remote: &RemoteState,
+    cfg: &CompactionConfig,
+    uploads: &Semaphore,
+    cancel: &CancellationToken,
+) -> Result<Option<SystemTime>, StepError> {
+    let mut guard = remote.lock().await;
+    let Some(index) = guard.as_mut() else {
+        return Ok(None);
+    };
+    let (jobs, next) = compact::plan(index, cfg, SystemTime::now());
+    for job in jobs {
+        let _permit = uploads
+            .acquire()
+            .await
+            .map_err(|e| StepError::Join(e.to_string()))?;
+        match job {
+            Job::Compact { level, inputs } => {
+                let info = merge_and_write(replica, &inputs, level, false, cancel).await?;
+                tracing::debug!(client = %id, level, min = %info.min, max = %info.max, "compacted");
+                index.insert(info);
+            }
+            Job::Snapshot { inputs } => {
+                let info = merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, cancel).await?;
+                tracing::debug!(client = %id, max = %info.max, "snapshot written");
+                index.insert(info);
+            }
+            Job::Delete(files) => {
+                replica.delete(&files, cancel).await?;
+                for f in &files {
+                    index.remove(f);
+                }
+            }
+        }
+    }
+    // Whatever the jobs produced may make more work due (e.g. retention after a snapshot).
+    let (more, later) = compact::plan(index, cfg, SystemTime::now());
+    let again = if more.is_empty() {
+        next.into_iter().chain(later).min()
+    } else {
+        Some(SystemTime::now())
+    };
+    Ok(again)
+}
+
+async fn merge_and_write(
+    replica: &Replica,
+    inputs: &[LtxInfo],
+    level: u8,
+    snapshot: bool,
+    cancel: &CancellationToken,
+) -> Result<LtxInfo, StepError> {
+    let mut readers: Vec<Box<dyn std::io::Read + Send>> = Vec::with_capacity(inputs.len());
+    for f in inputs {
+        let data = replica.read(f, cancel).await?;
+        readers.push(Box::new(std::io::Cursor::new(data)));
+    }
+    let (out, header) =
+        tokio::task::spawn_blocking(move || compact::merge(readers, Vec::new(), snapshot))
+            .await
+            .map_err(|e| StepError::Join(e.to_string()))?
+            .map_err(SyncError::Ltx)?;
+    let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(header.timestamp_ms.max(0) as u64);
+    let name = LtxFileName {
+        min: header.min_txid,
+        max: header.max_txid,
+    };
+    Ok(replica.write(level, name, out, ts, cancel).await?)
 }
 
 async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepError> {

@@ -328,7 +328,7 @@ fn ltx_roundtrip_random_pages_all_page_sizes_and_encodings() {
 }
 
 #[test]
-fn ltx_both_encodings_have_the_same_file_checksum() {
+fn ltx_block_and_frame_encodings_hash_differently() {
     // The checksum covers decompressed pages and the page headers, not the payload encoding:
     // but block pages carry a 4-byte size field, so equal logical content with different
     // encodings hashes differently. Same encoding, any compressor: same checksum.

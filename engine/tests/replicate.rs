@@ -229,3 +229,72 @@ async fn a_file_that_is_not_sqlite_is_refused_with_a_reason() {
     );
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_snapshots_and_retention_keep_the_replica_restorable() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let cancel = CancellationToken::new();
+    let mut cfg = fast_tenant_config();
+    cfg.compaction = engine::compact::CompactionConfig {
+        level_intervals: vec![
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(4),
+        ],
+        snapshot_interval: Duration::from_secs(3),
+        snapshot_retention: Duration::from_secs(5),
+        l0_retention: Duration::from_secs(1),
+    };
+    let store = h.store_with(&cancel, cfg);
+    store.register(ID, &h.db).unwrap();
+    let mut seq = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        write_txn(&app, &mut seq, 3);
+        app.execute(
+            &format!("UPDATE t SET v = 'u{seq}' WHERE id % 7 = {}", seq % 7),
+            [],
+        )
+        .unwrap();
+        store.wake(ID);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected = dump(&h.db);
+    h.wait_replicated(&expected, CATCH_UP).await;
+    // Let the last compactions and retention run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let files = h
+        .replica()
+        .list_all(&CancellationToken::new())
+        .await
+        .unwrap();
+    let count = |level: u8| files.iter().filter(|f| f.level == level).count();
+    assert!(
+        count(1) >= 1 && count(2) >= 1 && count(3) >= 1,
+        "levels: {files:?}"
+    );
+    assert!(count(9) >= 1, "no snapshot: {files:?}");
+    let l0 = count(0);
+    let txids = files.iter().map(|f| f.max.0).max().unwrap();
+    assert!(
+        l0 < txids as usize / 2,
+        "L0 not pruned: {l0} files for {txids} TXIDs"
+    );
+    assert!(
+        !files.iter().any(|f| f.level == 0 && f.min.0 == 1),
+        "the first L0 should be pruned by now"
+    );
+
+    let plan = engine::restore::plan(&files, &Target::default(), "replica").unwrap();
+    assert!(
+        plan.len() < 10,
+        "restore plan should be short after compaction: {plan:?}"
+    );
+    let ours = h.restore("compacted.db", Target::default()).await.unwrap();
+    assert_eq!(dump(&ours), expected);
+    let theirs = h.out("compacted-litestream.db");
+    litestream_restore(&h.replica_dir(), &theirs, &[]).unwrap();
+    assert_eq!(dump(&theirs), expected);
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}

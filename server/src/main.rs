@@ -88,9 +88,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let target = match &args.bucket {
-        Some(bucket) => bail!(
-            "-bucket {bucket}: the S3 backend is not available in this build yet; use -replica-dir for a local replica"
-        ),
+        Some(bucket) => {
+            use engine::client::s3::{S3Client, S3Config};
+            let mut config = S3Config::new(bucket.as_str());
+            config.endpoint = args.endpoint.clone();
+            config.region = args.region.clone();
+            let client = S3Client::connect(config)
+                .await
+                .with_context(|| format!("-bucket {bucket}"))?;
+            let prefix = args.prefix.trim_matches('/').to_string();
+            // One ListObjectsV2 (max 1 key): reachability, credentials and bucket, at once.
+            // A failure is reported, not fatal: tenants stage locally and catch up later.
+            let status = client.probe(&prefix).await;
+            if status.is_ok() {
+                tracing::info!(url = %client.url_for(&prefix), "S3 bucket reachable");
+            } else {
+                tracing::error!(url = %client.url_for(&prefix), "S3 bucket check failed: {status}");
+            }
+            Target::S3 { client, prefix }
+        }
         None => {
             let root = args.replica_dir.join(&args.prefix);
             std::fs::create_dir_all(&root)
@@ -239,10 +255,63 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `file:///abs/dir`, a plain directory path; `s3://` once the S3 backend lands.
+/// `file:///abs/dir`, a plain directory path, or Litestream's S3 form
+/// `s3://bucket/path[?endpoint=URL&region=R&forcePathStyle=true]` (credentials from the AWS chain).
 fn parse_replica_url(url: &str) -> anyhow::Result<(engine::client::Replica, String)> {
-    if url.starts_with("s3://") {
-        bail!("{url}: S3 replicas are not supported by this build yet");
+    if let Some(rest) = url.strip_prefix("s3://") {
+        use engine::client::s3::{S3Client, S3Config};
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, path) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.is_empty() {
+            bail!("{url}: no bucket; expected s3://BUCKET/PATH, e.g. s3://my-backups/databases/<id>");
+        }
+        let mut config = S3Config::new(bucket);
+        let decode = |v: &str| -> String {
+            let b = v.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                    (b'%', Some(c)) => {
+                        out.push(c);
+                        i += 3;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = decode(v);
+            let v = v.as_str();
+            match k {
+                "endpoint" => config.endpoint = Some(v.to_string()),
+                "region" => config.region = Some(v.to_string()),
+                "forcePathStyle" => {
+                    config.force_path_style = Some(matches!(v, "" | "true" | "1"));
+                }
+                // Litestream tunables that do not change what is read.
+                "skipVerify" | "signPayload" | "requireContentMD5" | "partSize" | "concurrency" => {}
+                _ => bail!("{url}: unknown query parameter {k:?} (known: endpoint, region, forcePathStyle)"),
+            }
+        }
+        let prefix: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+        let Some(id) = prefix.last().map(|s| s.to_string()) else {
+            bail!("{url}: no path; expected s3://{bucket}/PATH, e.g. s3://{bucket}/databases/<id>");
+        };
+        // Building the client reads the AWS config files; restore runs on the multi-threaded
+        // runtime, so blocking this thread briefly is fine.
+        let client = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(S3Client::connect(config))
+        })
+        .with_context(|| url.to_string())?;
+        let replica = client.replica(&prefix.join("/"));
+        return Ok((engine::client::Replica::S3(replica), id));
     }
     let path = match url.strip_prefix("file://") {
         Some(p) if p.starts_with('/') => PathBuf::from(p),

@@ -161,13 +161,17 @@ impl Harness {
     }
 
     pub fn store(&self, cancel: &CancellationToken) -> Store {
+        self.store_with(cancel, fast_tenant_config())
+    }
+
+    pub fn store_with(&self, cancel: &CancellationToken, tenant: TenantConfig) -> Store {
         Store::new(
             StoreConfig {
                 state_dir: self.state.clone(),
                 target: StoreTarget::Fs {
                     root: self.replica_root.clone(),
                 },
-                tenant: fast_tenant_config(),
+                tenant,
                 max_uploads: 4,
                 max_opening: 4,
             },
@@ -218,6 +222,289 @@ impl Harness {
                 panic!("replica did not catch up within {timeout:?}: expected {} rows, restore gave {got:?}", expected.len());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3: a real S3 HTTP server (moto) per test, and the S3 forms of the helpers above.
+
+use engine::client::s3::{S3Client, S3Config, StaticCredentials};
+
+/// moto's server: `$MOTO_SERVER`, else `<repo>/.venv/bin/moto_server`, else on PATH.
+pub fn moto_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_SERVER").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    if let Ok(out) = Command::new("which").arg("moto_server").output() {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "moto_server is required for the S3 tests: pip install 'moto[server]' \
+         (or run `cargo xtask test`, which installs it into .venv), or set MOTO_SERVER=/path/to/moto_server"
+    );
+}
+
+/// The credentials every S3 test uses (moto accepts any unless auth is switched on).
+pub fn test_credentials() -> StaticCredentials {
+    StaticCredentials {
+        access_key_id: "test".into(),
+        secret_access_key: "test".into(),
+    }
+}
+
+/// A random bucket name, valid for S3 (lower case, 3-63 chars).
+pub fn random_bucket() -> String {
+    format!("lsm-test-{:016x}", rand::random::<u64>())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A moto S3 server on 127.0.0.1 and a random port, killed (with its process group) on drop.
+pub struct Moto {
+    child: std::process::Child,
+    pub port: u16,
+    /// `http://127.0.0.1:<port>` (or `https://` for [`Moto::start_tls`]).
+    pub endpoint: String,
+    log: PathBuf,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        Self::spawn(&[], &[], "http")
+    }
+
+    /// With extra environment for the server, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0` (enforce auth).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
+        Self::spawn(env, &[], "http")
+    }
+
+    /// Serving HTTPS with the given PEM certificate and key.
+    pub fn start_tls(cert: &Path, key: &Path) -> Moto {
+        let args = [
+            "-s".to_string(),
+            "-c".to_string(),
+            cert.display().to_string(),
+            "-k".to_string(),
+            key.display().to_string(),
+        ];
+        Self::spawn(&[], &args, "https")
+    }
+
+    fn spawn(env: &[(&str, &str)], extra: &[String], scheme: &str) -> Moto {
+        use std::os::unix::process::CommandExt;
+        let bin = moto_server_bin();
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("moto-{port}-{}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).expect("create moto log");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().expect("dup moto log"))
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); pip install 'moto[server]' or set MOTO_SERVER",
+                    bin.display()
+                )
+            });
+        let mut moto = Moto {
+            child,
+            port,
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+            log,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!(
+                    "moto_server exited at start ({status}): {}",
+                    std::fs::read_to_string(&moto.log).unwrap_or_default()
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return moto;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                moto.kill();
+                panic!("moto_server did not listen on 127.0.0.1:{port} within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The config of a client for `bucket` on this server (path-style, us-east-1, test keys).
+    pub fn config(&self, bucket: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.to_string(),
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            credentials: Some(test_credentials()),
+            ca_bundle: std::env::var_os("AWS_CA_BUNDLE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            ..S3Config::default()
+        }
+    }
+
+    pub async fn client(&self, bucket: &str) -> S3Client {
+        S3Client::connect(self.config(bucket))
+            .await
+            .expect("S3 client")
+    }
+
+    /// A new bucket with a random name and a client for it.
+    pub async fn new_bucket(&self) -> (S3Client, String) {
+        let bucket = random_bucket();
+        let client = self.client(&bucket).await;
+        client
+            .sdk()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create bucket {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+        (client, bucket)
+    }
+
+    /// Litestream's URL of `path` in `bucket` on this server.
+    pub fn litestream_url(&self, bucket: &str, path: &str) -> String {
+        format!(
+            "s3://{bucket}/{path}?endpoint={}&region=us-east-1",
+            self.endpoint
+        )
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: kill(2) on the process group we created for the server; no memory involved.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A `litestream` command with the test credentials and without `AWS_CA_BUNDLE`, which breaks
+/// every S3 command of Litestream 0.5.17 (see litestream-format.md §4.3).
+pub fn litestream_s3_command() -> Command {
+    let mut cmd = Command::new(litestream_bin());
+    cmd.env_remove("AWS_CA_BUNDLE")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1");
+    cmd
+}
+
+/// Runs `litestream restore -o out [extra] URL` against an S3 replica URL.
+pub fn litestream_restore_url(url: &str, out: &Path, extra: &[&str]) -> Result<(), String> {
+    let output = litestream_s3_command()
+        .arg("restore")
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .arg(url)
+        .output()
+        .expect("run litestream");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "litestream restore {url} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+impl Harness {
+    /// A store replicating to `target` (instead of the harness's file replica).
+    pub fn store_to(&self, target: StoreTarget, cancel: &CancellationToken) -> Store {
+        Store::new(
+            StoreConfig {
+                state_dir: self.state.clone(),
+                target,
+                tenant: fast_tenant_config(),
+                max_uploads: 4,
+                max_opening: 4,
+            },
+            cancel.clone(),
+        )
+    }
+
+    /// Restores (ours) from `replica` into a fresh file and returns its path.
+    pub async fn restore_from(
+        &self,
+        replica: &Replica,
+        name: &str,
+        target: Target,
+    ) -> Result<PathBuf, engine::restore::RestoreError> {
+        let out = self.out(name);
+        let _ = std::fs::remove_file(&out);
+        let opts = RestoreOptions {
+            target,
+            force: true,
+            integrity_check: true,
+        };
+        engine::restore::restore(replica, &out, &opts, &CancellationToken::new()).await?;
+        Ok(out)
+    }
+
+    /// Waits until our restore of `replica` equals `expected`.
+    pub async fn wait_replicated_from(
+        &self,
+        replica: &Replica,
+        expected: &[(i64, String, usize)],
+        timeout: Duration,
+    ) -> PathBuf {
+        let start = Instant::now();
+        loop {
+            let got = self
+                .restore_from(replica, "wait.db", Target::default())
+                .await;
+            if let Ok(out) = &got {
+                if try_dump(out).as_deref() == Some(expected) {
+                    assert_eq!(dump(out), expected);
+                    return out.clone();
+                }
+            }
+            if start.elapsed() > timeout {
+                let got = got.map(|p| try_dump(&p).map(|d| d.len()));
+                panic!(
+                    "replica {} did not catch up within {timeout:?}: expected {} rows, restore gave {got:?}",
+                    replica.url(),
+                    expected.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -1,0 +1,415 @@
+//! Compaction, snapshots and retention of one tenant's replica, on Litestream's schedule.
+//!
+//! Level `L` (1..=3) merges every file of level `L-1` newer than its own last file into one file
+//! `min-max`, when wall-clock time crosses a multiple of its interval. The snapshot level (9)
+//! holds `1-N` files: the state at `N` with every page. Retention drops snapshots older than the
+//! retention (always keeping the newest), then files no restore can use any more; the chain from
+//! the oldest snapshot kept to the newest file always stays contiguous.
+//!
+//! All work is scheduled by the store for tenants that changed; an idle tenant costs nothing.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::client::{LtxInfo, SNAPSHOT_LEVEL};
+use crate::ltx::{self, Decoder, Encoder, Header, Txid};
+
+/// Litestream's defaults.
+pub const DEFAULT_LEVEL_INTERVALS: [Duration; 3] = [
+    Duration::from_secs(30),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(60 * 60),
+];
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_SNAPSHOT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// L0 files stay this long after an L1 file covers them (readers may still be fetching them).
+pub const DEFAULT_L0_RETENTION: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Clone, Debug)]
+pub struct CompactionConfig {
+    /// Intervals of levels 1, 2, 3, ...: at most 8 levels.
+    pub level_intervals: Vec<Duration>,
+    pub snapshot_interval: Duration,
+    pub snapshot_retention: Duration,
+    pub l0_retention: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            level_intervals: DEFAULT_LEVEL_INTERVALS.to_vec(),
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            snapshot_retention: DEFAULT_SNAPSHOT_RETENTION,
+            l0_retention: DEFAULT_L0_RETENTION,
+        }
+    }
+}
+
+impl CompactionConfig {
+    pub fn max_level(&self) -> u8 {
+        self.level_intervals.len() as u8
+    }
+
+    fn interval(&self, level: u8) -> Duration {
+        self.level_intervals[level as usize - 1]
+    }
+}
+
+/// The replica's files as the engine knows them (from the start-up listing and its own writes),
+/// so that scheduling needs no LIST request.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    files: BTreeMap<(u8, Txid), LtxInfo>,
+}
+
+impl Index {
+    pub fn from_listing(files: impl IntoIterator<Item = LtxInfo>) -> Self {
+        let mut ix = Index::default();
+        for f in files {
+            ix.insert(f);
+        }
+        ix
+    }
+
+    pub fn insert(&mut self, f: LtxInfo) {
+        self.files.insert((f.level, f.min), f);
+    }
+
+    pub fn remove(&mut self, f: &LtxInfo) {
+        self.files.remove(&(f.level, f.min));
+    }
+
+    pub fn level(&self, level: u8) -> impl DoubleEndedIterator<Item = &LtxInfo> {
+        self.files
+            .range((level, Txid(0))..=(level, Txid(u64::MAX)))
+            .map(|(_, f)| f)
+    }
+
+    pub fn last(&self, level: u8) -> Option<&LtxInfo> {
+        self.level(level).next_back()
+    }
+
+    pub fn max_txid(&self) -> u64 {
+        self.files.values().map(|f| f.max.0).max().unwrap_or(0)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &LtxInfo> {
+        self.files.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// One unit of work the replica needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Merge these files (all of level `level - 1`, contiguous) into one file at `level`.
+    Compact { level: u8, inputs: Vec<LtxInfo> },
+    /// Write a snapshot `1-N` from this restore plan.
+    Snapshot { inputs: Vec<LtxInfo> },
+    /// Delete these files.
+    Delete(Vec<LtxInfo>),
+}
+
+/// Decides what is due at `now`, and when to look again (None: nothing pending).
+pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, Option<SystemTime>) {
+    let mut jobs = Vec::new();
+    let mut next: Option<SystemTime> = None;
+    let mut consider = |t: SystemTime| next = Some(next.map_or(t, |n: SystemTime| n.min(t)));
+    // Compactions, lowest level first (each consumes the level below as it stood before).
+    for level in 1..=cfg.max_level() {
+        let after = ix.last(level).map(|f| f.max).unwrap_or(Txid(0));
+        let inputs: Vec<LtxInfo> = ix
+            .level(level - 1)
+            .filter(|f| f.min > after)
+            .cloned()
+            .collect();
+        if inputs.is_empty() || !contiguous(&inputs, after) {
+            continue;
+        }
+        let interval = cfg.interval(level);
+        let boundary = truncate(now, interval);
+        let last_created = ix.last(level).map(|f| f.created_at);
+        if last_created.is_none_or(|c| c < boundary) {
+            jobs.push(Job::Compact { level, inputs });
+        } else {
+            consider(boundary + interval);
+        }
+    }
+    // Snapshot: when none exists, or the newest is older than the interval and data changed.
+    let newest_snap = ix.last(SNAPSHOT_LEVEL);
+    let max = ix.max_txid();
+    let snap_due = match newest_snap {
+        None => max > 0,
+        Some(s) => {
+            s.max.0 < max
+                && now.duration_since(s.created_at).unwrap_or_default() >= cfg.snapshot_interval
+        }
+    };
+    if snap_due {
+        if let Ok(inputs) = crate::restore::plan(
+            &ix.all().cloned().collect::<Vec<_>>(),
+            &Default::default(),
+            "index",
+        ) {
+            jobs.push(Job::Snapshot { inputs });
+        }
+    } else if let Some(s) = newest_snap {
+        if s.max.0 < max {
+            consider(s.created_at + cfg.snapshot_interval);
+        }
+    }
+    // Retention.
+    let (deletes, later) = retention(ix, cfg, now);
+    if !deletes.is_empty() {
+        jobs.push(Job::Delete(deletes));
+    }
+    if let Some(t) = later {
+        consider(t);
+    }
+    (jobs, next)
+}
+
+fn contiguous(files: &[LtxInfo], after: Txid) -> bool {
+    let mut have = after;
+    for f in files {
+        if f.min.0 != have.0 + 1 && !(have.0 == 0 && f.min.0 == 1) {
+            return false;
+        }
+        have = f.max;
+    }
+    true
+}
+
+/// Files no restore needs any more, and when the next file becomes deletable.
+fn retention(
+    ix: &Index,
+    cfg: &CompactionConfig,
+    now: SystemTime,
+) -> (Vec<LtxInfo>, Option<SystemTime>) {
+    let mut out = Vec::new();
+    let mut later = None;
+    // Snapshots older than the retention, except the newest.
+    let snaps: Vec<&LtxInfo> = ix.level(SNAPSHOT_LEVEL).collect();
+    let mut oldest_kept = None;
+    for (i, s) in snaps.iter().enumerate() {
+        let expired =
+            now.duration_since(s.created_at).unwrap_or_default() >= cfg.snapshot_retention;
+        if expired && i + 1 < snaps.len() {
+            out.push((*s).clone());
+        } else {
+            oldest_kept.get_or_insert(s.max);
+            if !expired {
+                later = Some(s.created_at + cfg.snapshot_retention);
+            }
+        }
+    }
+    // Files wholly before the oldest snapshot kept are unusable: delete, keeping each level's last.
+    if let Some(keep_from) = oldest_kept {
+        for level in 0..=cfg.max_level() {
+            let files: Vec<&LtxInfo> = ix.level(level).collect();
+            for f in files.iter().take(files.len().saturating_sub(1)) {
+                if f.max <= keep_from {
+                    out.push((*f).clone());
+                }
+            }
+        }
+    }
+    // L0 files covered by L1 and older than the L0 retention, in order, keeping the last.
+    if let Some(l1) = ix.last(1) {
+        let l0: Vec<&LtxInfo> = ix.level(0).collect();
+        for f in l0.iter().take(l0.len().saturating_sub(1)) {
+            if f.max > l1.max || out.iter().any(|o| o == *f) {
+                continue;
+            }
+            let age = now.duration_since(f.created_at).unwrap_or_default();
+            if age >= cfg.l0_retention {
+                out.push((*f).clone());
+            } else {
+                let t = f.created_at + cfg.l0_retention;
+                later = Some(later.map_or(t, |l: SystemTime| l.min(t)));
+                break;
+            }
+        }
+    }
+    (out, later)
+}
+
+/// `t` rounded down to a multiple of `interval` since the epoch.
+fn truncate(t: SystemTime, interval: Duration) -> SystemTime {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let n = since.as_millis() / interval.as_millis().max(1);
+    UNIX_EPOCH + Duration::from_millis((n * interval.as_millis()) as u64)
+}
+
+/// Merges LTX files (in TXID order, contiguous) into one: newest page wins, pages beyond the
+/// final commit dropped. The result's header takes its commit and timestamp from the newest
+/// input and carries no WAL fields, as Litestream's compactions do.
+pub fn merge<W: std::io::Write>(
+    inputs: Vec<Box<dyn Read + Send>>,
+    out: W,
+    snapshot: bool,
+) -> Result<(W, Header), ltx::LtxError> {
+    let mut decoders = Vec::with_capacity(inputs.len());
+    for r in inputs {
+        decoders.push(Decoder::new(r)?);
+    }
+    let (Some(first), Some(last)) = (decoders.first(), decoders.last()) else {
+        return Err(ltx::LtxError::EmptyDatabase);
+    };
+    let page_size = first.header().page_size;
+    if let Some(d) = decoders.iter().find(|d| d.header().page_size != page_size) {
+        return Err(ltx::LtxError::PageSizeMismatch {
+            pgno: 0,
+            len: d.header().page_size as usize,
+            page_size,
+        });
+    }
+    let min = if snapshot {
+        Txid(1)
+    } else {
+        first.header().min_txid
+    };
+    let header = Header {
+        flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+        page_size,
+        commit: last.header().commit,
+        min_txid: min,
+        max_txid: last.header().max_txid,
+        timestamp_ms: if snapshot {
+            now_ms()
+        } else {
+            last.header().timestamp_ms
+        },
+        pre_apply_checksum: 0,
+        wal_offset: 0,
+        wal_size: 0,
+        wal_salt1: 0,
+        wal_salt2: 0,
+        node_id: 0,
+    };
+    let commit = header.commit;
+    let mut enc = Encoder::new(out, header.clone())?;
+    // Current page of each input (None: exhausted).
+    let mut heads: Vec<Option<(u32, Vec<u8>)>> = Vec::with_capacity(decoders.len());
+    for d in decoders.iter_mut() {
+        let mut buf = Vec::new();
+        heads.push(d.next_page(&mut buf)?.map(|p| (p, buf)));
+    }
+    loop {
+        let Some(pgno) = heads.iter().flatten().map(|(p, _)| *p).min() else {
+            break;
+        };
+        // The newest input holding this page wins; every input at this page advances.
+        let mut winner: Option<Vec<u8>> = None;
+        for (i, head) in heads.iter_mut().enumerate() {
+            if head.as_ref().is_some_and(|(p, _)| *p == pgno) {
+                let (_, data) = head.take().unwrap_or_default();
+                winner = Some(data);
+                let mut buf = Vec::new();
+                *head = decoders[i].next_page(&mut buf)?.map(|p| (p, buf));
+            }
+        }
+        if pgno <= commit {
+            if let Some(data) = winner {
+                enc.encode_page(pgno, &data)?;
+            }
+        }
+    }
+    for d in decoders {
+        d.finish()?;
+    }
+    let (w, _) = enc.finish()?;
+    Ok((w, header))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(level: u8, min: u64, max: u64, age_s: u64, now: SystemTime) -> LtxInfo {
+        LtxInfo {
+            level,
+            min: Txid(min),
+            max: Txid(max),
+            size: 1,
+            created_at: now - Duration::from_secs(age_s),
+        }
+    }
+
+    #[test]
+    fn l1_compaction_waits_for_its_boundary_and_takes_every_new_l0() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015); // 15 s past a 30 s boundary
+        let cfg = CompactionConfig::default();
+        let ix = Index::from_listing([
+            f(0, 1, 1, 100, now),
+            f(0, 2, 2, 10, now),
+            f(0, 3, 3, 5, now),
+        ]);
+        let (jobs, _) = plan(&ix, &cfg, now);
+        assert!(jobs.contains(&Job::Compact {
+            level: 1,
+            inputs: vec![
+                f(0, 1, 1, 100, now),
+                f(0, 2, 2, 10, now),
+                f(0, 3, 3, 5, now)
+            ]
+        }));
+        // With an L1 created after the boundary, the next L1 waits for the next boundary.
+        let ix = Index::from_listing([f(1, 1, 3, 1, now), f(0, 4, 4, 1, now)]);
+        let (jobs, next) = plan(&ix, &cfg, now);
+        assert!(!jobs
+            .iter()
+            .any(|j| matches!(j, Job::Compact { level: 1, .. })));
+        assert_eq!(next, Some(UNIX_EPOCH + Duration::from_secs(1_000_000_020)));
+    }
+
+    #[test]
+    fn a_gap_is_never_compacted_over() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015);
+        let ix = Index::from_listing([f(1, 1, 3, 100, now), f(0, 5, 5, 10, now)]);
+        let (jobs, _) = plan(&ix, &CompactionConfig::default(), now);
+        assert!(!jobs.iter().any(|j| matches!(j, Job::Compact { .. })));
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_snapshot_and_a_contiguous_chain() {
+        let now = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let day = 24 * 3600;
+        let ix = Index::from_listing([
+            f(9, 1, 10, day + 100, now),
+            f(9, 1, 20, 50, now),
+            f(1, 1, 10, day + 90, now),
+            f(1, 11, 20, 60, now),
+            f(1, 21, 25, 10, now),
+            f(0, 24, 24, 400, now),
+            f(0, 25, 25, 10, now),
+        ]);
+        let (deletes, _) = retention(&ix, &CompactionConfig::default(), now);
+        let names: Vec<(u8, u64, u64)> = deletes
+            .iter()
+            .map(|d| (d.level, d.min.0, d.max.0))
+            .collect();
+        assert!(names.contains(&(9, 1, 10)));
+        assert!(names.contains(&(1, 1, 10)));
+        assert!(names.contains(&(1, 11, 20)));
+        assert!(names.contains(&(0, 24, 24)));
+        assert!(!names.contains(&(9, 1, 20)));
+        assert!(!names.contains(&(1, 21, 25)));
+        assert!(!names.contains(&(0, 25, 25)));
+    }
+}
