@@ -20,6 +20,9 @@ pub struct StatusResponse {
     pub uptime_seconds: u64,
     /// Health of the replica target as the server words it (e.g. `"ok"`, `"error: ..."`).
     pub s3_status: String,
+    /// Files in the watch directories whose names are not tenant names (each reported once).
+    #[serde(default)]
+    pub ignored_files: u64,
     pub clients: Vec<ClientStatus>,
 }
 
@@ -121,6 +124,7 @@ mod tests {
             uptime: "1h2m3s".into(),
             uptime_seconds: 3723,
             s3_status: "ok".into(),
+            ignored_files: 2,
             clients: vec![client()],
         };
         let value = serde_json::to_value(&status).unwrap();
@@ -134,6 +138,7 @@ mod tests {
                 "uptime": "1h2m3s",
                 "uptimeSeconds": 3723,
                 "s3Status": "ok",
+                "ignoredFiles": 2,
                 "clients": [{
                     "clientId": "0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11",
                     "databasePath": "/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.db",

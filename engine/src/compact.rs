@@ -60,7 +60,8 @@ impl CompactionConfig {
 /// so that scheduling needs no LIST request.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
-    files: BTreeMap<(u8, Txid), LtxInfo>,
+    /// Keyed by (level, min, max): snapshots all start at TXID 1.
+    files: BTreeMap<(u8, Txid, Txid), LtxInfo>,
 }
 
 impl Index {
@@ -73,16 +74,16 @@ impl Index {
     }
 
     pub fn insert(&mut self, f: LtxInfo) {
-        self.files.insert((f.level, f.min), f);
+        self.files.insert((f.level, f.min, f.max), f);
     }
 
     pub fn remove(&mut self, f: &LtxInfo) {
-        self.files.remove(&(f.level, f.min));
+        self.files.remove(&(f.level, f.min, f.max));
     }
 
     pub fn level(&self, level: u8) -> impl DoubleEndedIterator<Item = &LtxInfo> {
         self.files
-            .range((level, Txid(0))..=(level, Txid(u64::MAX)))
+            .range((level, Txid(0), Txid(0))..=(level, Txid(u64::MAX), Txid(u64::MAX)))
             .map(|(_, f)| f)
     }
 
@@ -136,8 +137,14 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         }
         let interval = cfg.interval(level);
         let boundary = truncate(now, interval);
-        let last_created = ix.last(level).map(|f| f.created_at);
-        if last_created.is_none_or(|c| c < boundary) {
+        // Litestream's rule: due once the clock crossed a boundary after the level's last file
+        // was written. A level's first file waits for the boundary after its oldest input, so a
+        // new tenant does not pay one PUT per level at once.
+        let since = ix
+            .last(level)
+            .map(|f| f.created_at)
+            .unwrap_or(inputs[0].created_at);
+        if since < boundary {
             jobs.push(Job::Compact { level, inputs });
         } else {
             consider(boundary + interval);
@@ -303,10 +310,7 @@ pub fn merge<W: std::io::Write>(
         let mut buf = Vec::new();
         heads.push(d.next_page(&mut buf)?.map(|p| (p, buf)));
     }
-    loop {
-        let Some(pgno) = heads.iter().flatten().map(|(p, _)| *p).min() else {
-            break;
-        };
+    while let Some(pgno) = heads.iter().flatten().map(|(p, _)| *p).min() {
         // The newest input holding this page wins; every input at this page advances.
         let mut winner: Option<Vec<u8>> = None;
         for (i, head) in heads.iter_mut().enumerate() {

@@ -92,6 +92,8 @@ pub enum SyncError {
     Staging(#[from] crate::client::ClientError),
     #[error("the database changed while it was being read; retrying")]
     Raced,
+    #[error("{0} was replaced by another file; reopening")]
+    Replaced(PathBuf),
 }
 
 impl SyncError {
@@ -152,6 +154,8 @@ pub struct Db {
     /// Our read transaction is open (the WAL read mark is held).
     read_tx: std::cell::Cell<bool>,
     config: DbConfig,
+    /// (device, inode) of the file we opened: a different file at the path is another database.
+    identity: (u64, u64),
 }
 
 impl Db {
@@ -185,6 +189,7 @@ impl Db {
             )));
         }
         let reader = open(path)?;
+        let identity = file_identity(path)?;
         let db = Db {
             wal_path: wal_path(path),
             path: path.to_path_buf(),
@@ -192,6 +197,7 @@ impl Db {
             writer,
             read_tx: std::cell::Cell::new(false),
             config,
+            identity,
         };
         db.acquire_read()?;
         Ok(db)
@@ -199,6 +205,15 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Fails when the path now names another file (deleted and re-created, or replaced by a
+    /// rename): our connections would otherwise keep replicating the old, unlinked file.
+    fn check_identity(&self) -> Result<()> {
+        match file_identity(&self.path) {
+            Ok(id) if id == self.identity => Ok(()),
+            _ => Err(SyncError::Replaced(self.path.clone())),
+        }
     }
 
     fn acquire_read(&self) -> Result<()> {
@@ -249,6 +264,7 @@ impl Db {
         proof: &mut Proof,
         staging: &Staging,
     ) -> Result<Option<StagedLtx>> {
+        self.check_identity()?;
         if *proof == Proof::ReadLock && self.read_tx.get() {
             // Fast path: no lock needed, the read mark pins what we compare against.
             if let Some(plan) = self.plan(pos, proof)? {
@@ -399,7 +415,7 @@ impl Db {
                 (Some(_), None) => false,
             };
             if stable {
-                return Ok(staged.commit(pos)?);
+                return staged.commit(pos);
             }
             staged.discard();
         }
@@ -570,6 +586,7 @@ impl Db {
         proof: &mut Proof,
         staging: &Staging,
     ) -> Result<Option<StagedLtx>> {
+        self.check_identity()?;
         let lock = self.begin_write()?;
         self.acquire_read()?;
         let plan = self.plan(pos, proof)?;
@@ -600,6 +617,7 @@ impl Db {
         proof: &mut Proof,
         staging: &Staging,
     ) -> Result<Option<StagedLtx>> {
+        self.check_identity()?;
         let lock = self.begin_write()?;
         self.acquire_read()?;
         let plan = self.plan(pos, proof)?;
@@ -866,6 +884,12 @@ impl Pending {
     fn discard(self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+fn file_identity(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// `<db>-wal`.

@@ -46,7 +46,7 @@ pub enum RestoreError {
     NameMismatch { file: String, min: Txid, max: Txid },
     #[error("restored database failed integrity_check: {0}")]
     Integrity(String),
-    #[error("replica: {0}")]
+    #[error(transparent)]
     Client(#[from] ClientError),
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -169,7 +169,13 @@ pub async fn restore(
     cancel: &CancellationToken,
 ) -> Result<RestoreReport, RestoreError> {
     check_output(out, opts.force)?;
-    let files = replica.list_all(cancel).await?;
+    // Point in time needs each file's exact creation time (S3: the litestream-timestamp metadata,
+    // one HEAD per file); a plain restore does with one listing.
+    let files = if opts.target.timestamp.is_some() {
+        replica.list_with_timestamps(cancel).await?
+    } else {
+        replica.list_all(cancel).await?
+    };
     let plan = plan(&files, &opts.target, &replica.url())?;
     let tmp = sibling(out, ".tmp");
     let result = apply(replica, &plan, &tmp, cancel).await;

@@ -176,8 +176,12 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
                     return cold;
                 }
                 // Drop the connections: the next attempt re-verifies from scratch.
-                if db.take().is_some() && cold.proof == Proof::ReadLock {
+                if db.take().is_some() {
                     cold.proof = Proof::None;
+                }
+                if let StepError::Sync(SyncError::Replaced(_)) = e {
+                    // Another file now: reopen at once (a full-page L0 follows).
+                    continue;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

@@ -147,10 +147,7 @@ async fn write_list_read_delete(f: &Fixture) {
     }
     let l0 = r.list(0, &c).await.unwrap();
     assert_eq!(names(&l0), [(0, 1, 1), (0, 2, 2), (0, 3, 3)]);
-    assert_eq!(
-        l0.iter().map(|f| f.size).collect::<Vec<_>>(),
-        [700, 300, 0]
-    );
+    assert_eq!(l0.iter().map(|f| f.size).collect::<Vec<_>>(), [700, 300, 0]);
     assert_eq!(
         names(&r.list(SNAPSHOT_LEVEL, &c).await.unwrap()),
         [(9, 1, 3)]
@@ -173,7 +170,9 @@ async fn write_list_read_delete(f: &Fixture) {
         );
     }
     // Overwrite replaces.
-    r.write(0, name(2, 2), payload(99, 10), t, &c).await.unwrap();
+    r.write(0, name(2, 2), payload(99, 10), t, &c)
+        .await
+        .unwrap();
     let f2 = &r.list(0, &c).await.unwrap()[1];
     assert_eq!(r.read(f2, &c).await.unwrap(), payload(99, 10));
 
@@ -212,7 +211,9 @@ async fn listing_ignores_junk_names(f: &Fixture) {
         "ltx/a/0000000000000008-0000000000000008.ltx".to_string(),
         "0000000000000009-0000000000000009.ltx".to_string(),
         // A neighbour whose id starts with ours is a different tenant.
-        format!("../5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2fx/{l0}/0000000000000001-0000000000000002.ltx"),
+        format!(
+            "../5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2fx/{l0}/0000000000000001-0000000000000002.ltx"
+        ),
     ] {
         f.put_raw(&junk, b"junk").await;
     }
@@ -282,7 +283,12 @@ async fn large_file_roundtrips_via_multipart(f: &Fixture) {
     if let (Raw::S3 { client, .. }, Some(before)) = (&f.raw, before) {
         let n = client.request_counts().since(&before);
         assert_eq!(
-            (n.put, n.create_multipart, n.upload_part, n.complete_multipart),
+            (
+                n.put,
+                n.create_multipart,
+                n.upload_part,
+                n.complete_multipart
+            ),
             (0, 1, 3, 1),
             "{n:?}"
         );

@@ -204,7 +204,7 @@ mod tests {
     #[folder = "$DASH_TEST_ASSETS"]
     struct Fixture;
 
-    fn header<'a>(response: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header(response: &Response, name: header::HeaderName) -> &str {
         response
             .headers()
             .get(name)

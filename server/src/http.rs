@@ -48,6 +48,7 @@ impl AppState {
                 .read()
                 .map(|s| s.clone())
                 .unwrap_or_default(),
+            ignored_files: self.ignored.lock().map(|i| i.count() as u64).unwrap_or(0),
             clients,
         }
     }

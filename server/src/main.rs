@@ -49,9 +49,11 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -87,7 +89,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let target = match &args.bucket {
+    let (target, target_status) = match &args.bucket {
         Some(bucket) => {
             use engine::client::s3::{S3Client, S3Config};
             let mut config = S3Config::new(bucket.as_str());
@@ -105,13 +107,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             } else {
                 tracing::error!(url = %client.url_for(&prefix), "S3 bucket check failed: {status}");
             }
-            Target::S3 { client, prefix }
+            (Target::S3 { client, prefix }, status.to_string())
         }
         None => {
             let root = args.replica_dir.join(&args.prefix);
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("cannot create replica directory {}", root.display()))?;
-            Target::Fs { root }
+            (Target::Fs { root }, "ok".to_string())
         }
     };
 
@@ -154,7 +156,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         bucket: args.bucket.clone(),
         watch_dirs: watch_dirs.iter().map(|d| d.display().to_string()).collect(),
-        target_status: Arc::new(std::sync::RwLock::new("ok".to_string())),
+        target_status: Arc::new(std::sync::RwLock::new(target_status)),
         ignored,
     };
     tracing::info!(
@@ -263,7 +265,9 @@ fn parse_replica_url(url: &str) -> anyhow::Result<(engine::client::Replica, Stri
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, path) = location.split_once('/').unwrap_or((location, ""));
         if bucket.is_empty() {
-            bail!("{url}: no bucket; expected s3://BUCKET/PATH, e.g. s3://my-backups/databases/<id>");
+            bail!(
+                "{url}: no bucket; expected s3://BUCKET/PATH, e.g. s3://my-backups/databases/<id>"
+            );
         }
         let mut config = S3Config::new(bucket);
         let decode = |v: &str| -> String {
@@ -271,7 +275,9 @@ fn parse_replica_url(url: &str) -> anyhow::Result<(engine::client::Replica, Stri
             let mut out = Vec::with_capacity(b.len());
             let mut i = 0;
             while i < b.len() {
-                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
                     (b'%', Some(c)) => {
                         out.push(c);
@@ -300,7 +306,10 @@ fn parse_replica_url(url: &str) -> anyhow::Result<(engine::client::Replica, Stri
                 _ => bail!("{url}: unknown query parameter {k:?} (known: endpoint, region, forcePathStyle)"),
             }
         }
-        let prefix: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+        let prefix: Vec<&str> = path
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
         let Some(id) = prefix.last().map(|s| s.to_string()) else {
             bail!("{url}: no path; expected s3://{bucket}/PATH, e.g. s3://{bucket}/databases/<id>");
         };

@@ -79,6 +79,8 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         let mut cmd = ctx.cargo();
         cmd.args([
             "test",
+            // Every test target runs even when an earlier one fails.
+            "--no-fail-fast",
             "--workspace",
             "--exclude",
             "frontend",

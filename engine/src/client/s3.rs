@@ -4,8 +4,8 @@
 //! `litestream restore -timestamp` reads.
 //!
 //! Invariants: an object is visible only once complete (PutObject and CompleteMultipartUpload are
-//! atomic in S3) and a multipart upload that fails or is cancelled is aborted, so no orphaned
-//! parts accumulate. Cost: listing a tenant is one paginated `ListObjectsV2` over its whole
+//! atomic in S3) and a multipart upload that fails or is cancelled is aborted (best effort; a
+//! bucket lifecycle rule `AbortIncompleteMultipartUpload` is the backstop for a crash). Cost: listing a tenant is one paginated `ListObjectsV2` over its whole
 //! prefix (levels are parsed from the keys), writing is one `PutObject` (2 + parts for files
 //! over [`PART_SIZE`]); `HeadObject` is sent only by [`S3Replica::list_with_timestamps`], which
 //! point-in-time restore uses. Nothing is sent for a tenant nobody asks about.
@@ -16,29 +16,40 @@
 //! [`ClientError::Unavailable`] (retryable); missing buckets, refused credentials and other
 //! rejections are permanent, with a message that says what to fix. Secrets never appear in
 //! `Debug`, URLs or error messages.
+//!
+//! Submodules: `key` (object keys and the timestamp format), `error` (classification),
+//! `metrics` (request counts by operation), `transport` (endpoints, `AWS_CA_BUNDLE`).
+
+mod error;
+mod key;
+mod metrics;
+mod transport;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    ConfigBag, Credentials, Intercept, Region, RequestChecksumCalculation,
-    ResponseChecksumValidation, RuntimeComponents, SharedHttpClient,
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{ClientError, LtxInfo, SNAPSHOT_LEVEL};
+use super::{ClientError, LtxInfo};
 use crate::ltx::LtxFileName;
+use error::{classify_service, error_chain};
+use key::{clean_prefix, dir_of};
+pub use key::{format_timestamp, parse_timestamp, InvalidKey, ObjectKey};
+pub use metrics::RequestCounts;
+use metrics::{CountRequests, Counters};
+use transport::{https_client_with_ca_bundle, normalize_endpoint, strip_userinfo};
 
 /// Files larger than this are sent as a multipart upload with parts of (at least) this size.
 /// 5 MiB is S3's minimum part size and Litestream's default `part-size`.
@@ -56,8 +67,9 @@ const DELETE_BATCH: usize = 1000;
 pub const TIMESTAMP_METADATA: &str = "litestream-timestamp";
 
 /// SDK retry policy (standard mode: exponential backoff with full jitter, retry on throttling,
-/// 5xx, timeouts and connection errors). 8 attempts over ~40 s ride out a store restart or a
-/// burst of `SlowDown`; beyond that the tenant's own loop backs off and retries the step.
+/// 5xx, timeouts and connection errors). 8 attempts (backoffs capped at 0.2+0.4+…+12.8 ≈ 25 s)
+/// ride out a store restart or a burst of `SlowDown`; beyond that the tenant's own loop backs
+/// off and retries the step, and the SDK's retry quota keeps a dead store from a retry storm.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(20);
@@ -150,12 +162,11 @@ impl S3Status {
     }
 
     fn from_error(e: ClientError) -> Self {
-        let msg = e.to_string();
         match e {
-            ClientError::NoSuchBucket(_) => S3Status::NoSuchBucket(msg),
-            ClientError::Denied(_) => S3Status::AccessDenied(msg),
-            ClientError::Unavailable(_) => S3Status::Unreachable(msg),
-            _ => S3Status::Error(msg),
+            ClientError::NoSuchBucket(m) => S3Status::NoSuchBucket(m),
+            ClientError::Denied(m) => S3Status::AccessDenied(m),
+            ClientError::Unavailable(m) => S3Status::Unreachable(m),
+            e => S3Status::Error(e.to_string()),
         }
     }
 }
@@ -169,125 +180,6 @@ impl fmt::Display for S3Status {
             | S3Status::NoSuchBucket(m)
             | S3Status::Error(m) => write!(f, "{}: {m}", self.as_str()),
         }
-    }
-}
-
-/// HTTP requests sent to the store, by S3 operation, retries included (what S3 bills).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RequestCounts {
-    pub list: u64,
-    pub get: u64,
-    pub head: u64,
-    pub put: u64,
-    pub create_multipart: u64,
-    pub upload_part: u64,
-    pub complete_multipart: u64,
-    pub abort_multipart: u64,
-    pub delete: u64,
-    pub other: u64,
-}
-
-impl RequestCounts {
-    pub fn total(&self) -> u64 {
-        self.fields().iter().sum()
-    }
-
-    /// Requests sent since `earlier` was taken.
-    pub fn since(&self, earlier: &RequestCounts) -> RequestCounts {
-        let (a, b) = (self.fields(), earlier.fields());
-        let d = |i: usize| a[i].saturating_sub(b[i]);
-        RequestCounts {
-            list: d(0),
-            get: d(1),
-            head: d(2),
-            put: d(3),
-            create_multipart: d(4),
-            upload_part: d(5),
-            complete_multipart: d(6),
-            abort_multipart: d(7),
-            delete: d(8),
-            other: d(9),
-        }
-    }
-
-    fn fields(&self) -> [u64; 10] {
-        [
-            self.list,
-            self.get,
-            self.head,
-            self.put,
-            self.create_multipart,
-            self.upload_part,
-            self.complete_multipart,
-            self.abort_multipart,
-            self.delete,
-            self.other,
-        ]
-    }
-}
-
-/// Counts every HTTP attempt by operation, from its method and query string.
-#[derive(Debug, Default)]
-struct Counters([AtomicU64; 10]);
-
-impl Counters {
-    fn snapshot(&self) -> RequestCounts {
-        let v = |i: usize| self.0[i].load(Ordering::Relaxed);
-        RequestCounts {
-            list: v(0),
-            get: v(1),
-            head: v(2),
-            put: v(3),
-            create_multipart: v(4),
-            upload_part: v(5),
-            complete_multipart: v(6),
-            abort_multipart: v(7),
-            delete: v(8),
-            other: v(9),
-        }
-    }
-
-    fn record(&self, method: &str, uri: &str) {
-        let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let has = |param: &str| {
-            query
-                .split('&')
-                .any(|kv| kv.split_once('=').map(|(k, _)| k).unwrap_or(kv) == param)
-        };
-        let i = match method {
-            "GET" if has("list-type") => 0,
-            "GET" => 1,
-            "HEAD" => 2,
-            "PUT" if has("partNumber") => 5,
-            "PUT" => 3,
-            "POST" if has("uploads") => 4,
-            "POST" if has("uploadId") => 6,
-            "POST" if has("delete") => 8,
-            "DELETE" if has("uploadId") => 7,
-            "DELETE" => 8,
-            _ => 9,
-        };
-        self.0[i].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug)]
-struct CountRequests(Arc<Counters>);
-
-impl Intercept for CountRequests {
-    fn name(&self) -> &'static str {
-        "CountRequests"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        let req = context.request();
-        self.0.record(req.method(), req.uri());
-        Ok(())
     }
 }
 
@@ -344,8 +236,29 @@ impl S3Client {
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .build(),
             );
+        let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let env_endpoint = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty() && !ignore_env)
+        };
+        let s3_compatible = config.endpoint.is_some()
+            || env_endpoint("AWS_ENDPOINT_URL_S3").is_some()
+            || env_endpoint("AWS_ENDPOINT_URL").is_some();
         if let Some(region) = &config.region {
             loader = loader.region(Region::new(region.clone()));
+        } else if s3_compatible {
+            // Not AWS: asking EC2's metadata service for a region is slow and meaningless.
+            // Environment, then profile, then us-east-1 (what Litestream assumes).
+            use aws_config::environment::region::EnvironmentVariableRegionProvider;
+            use aws_config::meta::region::RegionProviderChain;
+            use aws_config::profile::ProfileFileRegionProvider;
+            loader = loader.region(
+                RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                    .or_else(ProfileFileRegionProvider::new())
+                    .or_else(Region::new("us-east-1")),
+            );
         }
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(normalize_endpoint(endpoint)?);
@@ -366,13 +279,9 @@ impl S3Client {
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk);
         // The builder has no getter: find the endpoint the way it did (ours, then the
         // S3-specific variable, then the general one), to choose path-style addressing.
-        let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
-            .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
         let endpoint = match config.endpoint {
             Some(_) => sdk.endpoint_url().map(str::to_string),
-            None => std::env::var("AWS_ENDPOINT_URL_S3")
-                .ok()
-                .filter(|v| !v.is_empty() && !ignore_env)
+            None => env_endpoint("AWS_ENDPOINT_URL_S3")
                 .or_else(|| sdk.endpoint_url().map(str::to_string)),
         };
         let region = match sdk.region() {
@@ -488,123 +397,17 @@ impl S3Client {
 
     /// Maps an SDK error to a [`ClientError`] whose message names the operation, the object and
     /// what to do about it.
-    fn classify<E>(
-        &self,
-        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-        op: &str,
-        key: &str,
-    ) -> ClientError
+    fn classify<E>(&self, err: SdkError<E, HttpResponse>, op: &str, key: &str) -> ClientError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let what = format!("{op} {}", self.object_url(key));
         let endpoint = self
             .inner
             .endpoint
             .clone()
             .unwrap_or_else(|| format!("AWS S3 ({})", self.inner.region));
-        match &err {
-            SdkError::ServiceError(ctx) => {
-                let status = ctx.raw().status().as_u16();
-                let code = ctx.err().code().unwrap_or("");
-                let msg = ctx.err().message().unwrap_or("");
-                classify_service(&self.inner.bucket, &what, status, code, msg)
-            }
-            SdkError::TimeoutError(_) => {
-                ClientError::Unavailable(format!("{what}: no answer from {endpoint} in time"))
-            }
-            SdkError::DispatchFailure(d) => {
-                let detail = DisplayErrorContext(&err).to_string();
-                if let Some(e) = credentials_problem(&detail) {
-                    return e;
-                }
-                if d.is_user() {
-                    ClientError::Config(format!("{what}: {detail}"))
-                } else {
-                    ClientError::Unavailable(format!("{what}: cannot reach {endpoint}: {detail}"))
-                }
-            }
-            SdkError::ResponseError(_) => ClientError::Unavailable(format!(
-                "{what}: unreadable response from {endpoint}: {}",
-                DisplayErrorContext(&err)
-            )),
-            SdkError::ConstructionFailure(_) => {
-                let detail = DisplayErrorContext(&err).to_string();
-                credentials_problem(&detail)
-                    .unwrap_or_else(|| ClientError::Config(format!("{what}: {detail}")))
-            }
-            _ => ClientError::Other(format!("{what}: {}", DisplayErrorContext(&err))),
-        }
-    }
-}
-
-/// Missing or unusable credentials surface as a dispatch/construction failure of the identity
-/// resolver; the SDK exposes no typed kind for it, so it is recognised by its message.
-fn credentials_problem(detail: &str) -> Option<ClientError> {
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("no credentials")
-        || lower.contains("credentials provider")
-        || lower.contains("failed to load credentials")
-        || lower.contains("credentialsnotloaded")
-    {
-        if lower.contains("timed out") || lower.contains("timeout") {
-            return Some(ClientError::Unavailable(format!(
-                "the AWS credentials provider did not answer in time: {detail}"
-            )));
-        }
-        return Some(ClientError::Denied(format!(
-            "no usable AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance role ({detail})"
-        )));
-    }
-    None
-}
-
-/// Classifies an error answer from the store by its S3 error code, falling back to the status.
-fn classify_service(bucket: &str, what: &str, status: u16, code: &str, msg: &str) -> ClientError {
-    let detail = if msg.is_empty() {
-        format!("{code} (HTTP {status})")
-    } else {
-        format!("{code} (HTTP {status}): {msg}")
-    };
-    match code {
-        "NoSuchBucket" => ClientError::NoSuchBucket(format!(
-            "bucket {bucket:?} does not exist ({what}: {detail}); create it or fix -bucket/-endpoint/-region"
-        )),
-        "NoSuchKey" | "NotFound" | "NoSuchUpload" => ClientError::NotFound(format!("{what}: {detail}")),
-        "InvalidAccessKeyId" => ClientError::Denied(format!(
-            "{what}: the store does not know our access key id ({detail}); check AWS_ACCESS_KEY_ID or the profile"
-        )),
-        "SignatureDoesNotMatch" => ClientError::Denied(format!(
-            "{what}: the request signature was refused ({detail}); check AWS_SECRET_ACCESS_KEY and the system clock"
-        )),
-        "ExpiredToken" | "TokenRefreshRequired" | "InvalidToken" => ClientError::Denied(format!(
-            "{what}: the session token is expired or invalid ({detail}); refresh the credentials"
-        )),
-        "AccessDenied" | "AllAccessDisabled" | "AccountProblem" | "InvalidSecurity"
-        | "InvalidObjectState" => ClientError::Denied(format!(
-            "{what}: access denied ({detail}); the credentials need s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on this bucket"
-        )),
-        "SlowDown" | "Throttling" | "ThrottlingException" | "ThrottledException"
-        | "RequestThrottled" | "RequestThrottledException" | "TooManyRequestsException"
-        | "RequestLimitExceeded" | "BandwidthLimitExceeded" | "ProvisionedThroughputExceededException"
-        | "RequestTimeout" | "RequestTimeoutException" | "InternalError" | "ServiceUnavailable"
-        | "OperationAborted" | "RequestTimeTooSkewed" | "PriorRequestNotComplete" => {
-            ClientError::Unavailable(format!("{what}: {detail}"))
-        }
-        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => {
-            ClientError::Config(format!(
-                "{what}: the bucket is in another region or needs another endpoint ({detail}); fix -region/-endpoint"
-            ))
-        }
-        _ => match status {
-            404 => ClientError::NotFound(format!("{what}: {detail}")),
-            401 | 403 => ClientError::Denied(format!("{what}: access denied ({detail})")),
-            301 | 307 => ClientError::Config(format!(
-                "{what}: redirected ({detail}); fix -region/-endpoint"
-            )),
-            408 | 429 | 500..=599 => ClientError::Unavailable(format!("{what}: {detail}")),
-            _ => ClientError::Rejected(format!("{what}: {detail}")),
-        },
+        let what = format!("{op} {}", self.object_url(key));
+        error::classify(err, &self.inner.bucket, &what, &endpoint)
     }
 }
 
@@ -780,7 +583,7 @@ impl S3Replica {
                         _ => return Ok(data),
                     }
                 }
-                Err(e) => format!("body cut off: {}", DisplayErrorContext(&e)),
+                Err(e) => format!("body cut off: {}", error_chain(&e)),
             };
             if attempt >= READ_ATTEMPTS {
                 return Err(ClientError::Unavailable(format!(
@@ -905,7 +708,8 @@ impl S3Replica {
             .try_collect()
             .await?;
         parts.sort_by_key(|p| p.part_number());
-        s3.complete_multipart_upload()
+        let complete = s3
+            .complete_multipart_upload()
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
@@ -915,9 +719,35 @@ impl S3Replica {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| self.client.classify(e, "CompleteMultipartUpload", key))?;
-        Ok(())
+            .await;
+        match complete {
+            Ok(_) => Ok(()),
+            // S3 reports late failures as 200 + `<Error>`, which the SDK parses into a code.
+            // A 200 without a code is a success in a form the SDK rejects (moto 5.2 names the
+            // root `CompleteMultipartUploadResponse`): confirm it with one HEAD.
+            Err(SdkError::ServiceError(ctx))
+                if ctx.raw().status().as_u16() == 200 && ctx.err().code().is_none() =>
+            {
+                let head = s3
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| self.client.classify(e, "HeadObject", key))?;
+                if head.content_length() == Some(data.len() as i64) {
+                    Ok(())
+                } else {
+                    Err(ClientError::Other(format!(
+                        "CompleteMultipartUpload {}: the store answered 200 but the object has {:?} bytes, not {}",
+                        self.client.object_url(key),
+                        head.content_length(),
+                        data.len()
+                    )))
+                }
+            }
+            Err(e) => Err(self.client.classify(e, "CompleteMultipartUpload", key)),
+        }
     }
 
     /// Deletes files (missing ones are fine): one `DeleteObjects` per 1000 keys.
@@ -1001,7 +831,7 @@ impl AbortOnDrop {
     async fn abort(mut self) {
         self.armed = false;
         if let Err(e) = self.request().send().await {
-            tracing::warn!(key = %self.key, error = %DisplayErrorContext(&e), "could not abort a failed multipart upload; a bucket lifecycle rule (AbortIncompleteMultipartUpload) will remove its parts");
+            tracing::warn!(key = %self.key, error = %error_chain(&e), "could not abort a failed multipart upload; a bucket lifecycle rule (AbortIncompleteMultipartUpload) will remove its parts");
         }
     }
 }
@@ -1016,398 +846,16 @@ impl Drop for AbortOnDrop {
             let key = self.key.clone();
             rt.spawn(async move {
                 if let Err(e) = req.send().await {
-                    tracing::warn!(%key, error = %DisplayErrorContext(&e), "could not abort a cancelled multipart upload");
+                    tracing::warn!(%key, error = %error_chain(&e), "could not abort a cancelled multipart upload");
                 }
             });
         }
     }
 }
 
-/// Where one LTX file lives relative to a replica's prefix: `<level as %04x>/<min>-<max>.ltx`.
-/// The one place that formats and parses S3 object keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ObjectKey {
-    /// 0..=9 ([`SNAPSHOT_LEVEL`]).
-    pub level: u8,
-    pub name: LtxFileName,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("not an LTX object key (<%04x level>/<min>-<max>.ltx): {0:?}")]
-pub struct InvalidKey(String);
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}/{}", self.level, self.name)
-    }
-}
-
-impl FromStr for ObjectKey {
-    type Err = InvalidKey;
-
-    fn from_str(s: &str) -> Result<Self, InvalidKey> {
-        let bad = || InvalidKey(s.to_string());
-        let (level, name) = s.split_once('/').ok_or_else(bad)?;
-        if level.len() != 4
-            || !level
-                .bytes()
-                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(bad());
-        }
-        let level = u8::from_str_radix(level, 16).map_err(|_| bad())?;
-        if level > SNAPSHOT_LEVEL {
-            return Err(bad());
-        }
-        let name = LtxFileName::parse(name).ok_or_else(bad)?;
-        Ok(ObjectKey { level, name })
-    }
-}
-
-/// Formats like Go's `time.RFC3339Nano` in UTC: fraction with trailing zeros trimmed, `Z`
-/// (`2026-11-29T13:59:18.75Z`, `2026-11-29T13:59:18Z`).
-pub fn format_timestamp(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t).to_offset(time::UtcOffset::UTC);
-    let mut s = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    );
-    let nanos = dt.nanosecond();
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
-}
-
-/// Parses an RFC 3339 timestamp (any offset, any fraction).
-pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(SystemTime::from)
-}
-
-fn clean_prefix(prefix: &str) -> String {
-    prefix
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// `prefix/`, or the bucket root for an empty prefix.
-fn dir_of(prefix: &str) -> String {
-    if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    }
-}
-
-/// Accepts `host:port` as Litestream does (http:// for local hosts, else https://).
-fn normalize_endpoint(endpoint: &str) -> Result<String, ClientError> {
-    let e = endpoint.trim().trim_end_matches('/');
-    if e.is_empty() {
-        return Err(ClientError::Config("empty -endpoint".into()));
-    }
-    if e.starts_with("http://") || e.starts_with("https://") {
-        return Ok(e.to_string());
-    }
-    if e.contains("://") {
-        return Err(ClientError::Config(format!(
-            "-endpoint {e:?}: only http:// and https:// are supported"
-        )));
-    }
-    let host = e.split(':').next().unwrap_or("");
-    let local = host == "localhost"
-        || host.starts_with("127.")
-        || host == "[::1]"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_private() || ip.is_loopback());
-    Ok(format!("{}://{e}", if local { "http" } else { "https" }))
-}
-
-fn strip_userinfo(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            let host = authority
-                .rsplit_once('@')
-                .map(|(_, h)| h)
-                .unwrap_or(authority);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
-
-/// The SDK's default HTTPS client (rustls with aws-lc, platform roots, proxy from the
-/// environment) plus the CA certificates of `bundle`. Certificates that rustls cannot use are
-/// skipped (and counted in the log) rather than failing every request later.
-fn https_client_with_ca_bundle(bundle: &std::path::Path) -> Result<SharedHttpClient, ClientError> {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-    use aws_smithy_http_client::{proxy::ProxyConfig, Builder, ConnectorBuilder};
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-
-    let pem = std::fs::read(bundle).map_err(|e| {
-        ClientError::Config(format!(
-            "cannot read the CA bundle {} (AWS_CA_BUNDLE): {e}",
-            bundle.display()
-        ))
-    })?;
-    let mut trust = TrustStore::default();
-    let (mut usable, mut skipped) = (0usize, 0usize);
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let Ok(cert) = cert else {
-            skipped += 1;
-            continue;
-        };
-        if rustls::RootCertStore::empty().add(cert.clone()).is_err() {
-            skipped += 1;
-            continue;
-        }
-        // Re-encode as PEM: the trust store takes PEM and parses it when a connector is built.
-        trust = trust.with_pem_certificate(der_to_pem(&cert));
-        usable += 1;
-    }
-    if usable == 0 {
-        return Err(ClientError::Config(format!(
-            "the CA bundle {} (AWS_CA_BUNDLE) holds no usable PEM certificate",
-            bundle.display()
-        )));
-    }
-    if skipped > 0 {
-        tracing::warn!(bundle = %bundle.display(), usable, skipped, "some certificates of the CA bundle are not usable and were skipped");
-    }
-    let context = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|e| ClientError::Config(format!("CA bundle {}: {e}", bundle.display())))?;
-    // Same construction as aws-smithy-runtime's default HTTPS client, with our trust store.
-    Ok(
-        Builder::new().build_with_connector_fn(move |settings, components| {
-            let mut conn = ConnectorBuilder::default()
-                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-                .tls_context(context.clone());
-            conn.set_connector_settings(settings.cloned());
-            if let Some(c) = components {
-                conn.set_sleep_impl(c.sleep_impl());
-            }
-            conn.set_proxy_config(Some(ProxyConfig::from_env()));
-            conn.build()
-        }),
-    )
-}
-
-fn der_to_pem(der: &[u8]) -> Vec<u8> {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | ((*b as u32) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize]);
-            } else {
-                b64.push(b'=');
-            }
-        }
-    }
-    let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
-    for line in b64.chunks(64) {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ltx::Txid;
-
-    fn name(min: u64, max: u64) -> LtxFileName {
-        LtxFileName {
-            min: Txid(min),
-            max: Txid(max),
-        }
-    }
-
-    #[test]
-    fn object_key_roundtrips() {
-        for level in 0..=SNAPSHOT_LEVEL {
-            let k = ObjectKey {
-                level,
-                name: name(1, 0x2a),
-            };
-            let s = k.to_string();
-            assert_eq!(
-                s,
-                format!("000{level}/0000000000000001-000000000000002a.ltx")
-            );
-            assert_eq!(s.parse::<ObjectKey>().unwrap(), k);
-        }
-    }
-
-    #[test]
-    fn object_key_rejects_junk() {
-        for junk in [
-            "0000/0000000000000001-0000000000000001.ltx.tmp",
-            "0/0000000000000001-0000000000000001.ltx",
-            "000a/0000000000000001-0000000000000001.ltx",
-            "000A/0000000000000001-0000000000000001.ltx",
-            "ltx/0/0000000000000001-0000000000000001.ltx",
-            "0000/sub/0000000000000001-0000000000000001.ltx",
-            "0000/0000000000000002-0000000000000001.ltx",
-            "lock.json",
-            "generations/abc/wal/x.wal.lz4",
-            "0000/",
-        ] {
-            assert!(junk.parse::<ObjectKey>().is_err(), "{junk}");
-        }
-    }
-
-    #[test]
-    fn timestamps_format_like_go_rfc3339nano() {
-        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        // 2026-11-29T13:59:18Z = 1795960758 s.
-        assert_eq!(
-            format_timestamp(t(1_795_960_758_750)),
-            "2026-11-29T13:59:18.75Z"
-        );
-        assert_eq!(
-            format_timestamp(t(1_795_960_757_749)),
-            "2026-11-29T13:59:17.749Z"
-        );
-        assert_eq!(
-            format_timestamp(t(1_795_960_758_000)),
-            "2026-11-29T13:59:18Z"
-        );
-        assert_eq!(
-            format_timestamp(t(1_795_960_758_100)),
-            "2026-11-29T13:59:18.1Z"
-        );
-        let ns = SystemTime::UNIX_EPOCH + Duration::new(1_795_960_758, 123_456_789);
-        assert_eq!(format_timestamp(ns), "2026-11-29T13:59:18.123456789Z");
-        for ms in [0, 1, 1_795_960_758_750, 1_795_960_757_749] {
-            assert_eq!(parse_timestamp(&format_timestamp(t(ms))), Some(t(ms)));
-        }
-    }
-
-    #[test]
-    fn service_errors_are_classified() {
-        let c = |status, code| classify_service("bk", "PutObject s3://bk/k", status, code, "m");
-        assert!(matches!(
-            c(404, "NoSuchBucket"),
-            ClientError::NoSuchBucket(_)
-        ));
-        assert!(c(404, "NoSuchBucket").is_permanent());
-        assert!(c(404, "NoSuchBucket")
-            .to_string()
-            .contains("\"bk\" does not exist"));
-        for code in [
-            "AccessDenied",
-            "InvalidAccessKeyId",
-            "SignatureDoesNotMatch",
-        ] {
-            let e = c(403, code);
-            assert!(matches!(e, ClientError::Denied(_)), "{code}");
-            assert!(e.is_permanent() && !e.is_retryable(), "{code}");
-        }
-        for (status, code) in [
-            (503, "SlowDown"),
-            (500, "InternalError"),
-            (400, "RequestTimeout"),
-            (502, ""),
-            (429, ""),
-        ] {
-            let e = c(status, code);
-            assert!(matches!(e, ClientError::Unavailable(_)), "{status} {code}");
-            assert!(e.is_retryable() && !e.is_permanent(), "{status} {code}");
-        }
-        assert!(matches!(c(404, "NoSuchKey"), ClientError::NotFound(_)));
-        assert!(matches!(
-            c(301, "PermanentRedirect"),
-            ClientError::Config(_)
-        ));
-        assert!(c(400, "InvalidArgument").is_permanent());
-    }
-
-    #[test]
-    fn request_counter_recognises_operations() {
-        let c = Counters::default();
-        c.record("GET", "http://h/b?list-type=2&prefix=x");
-        c.record("GET", "http://h/b/k");
-        c.record("HEAD", "http://h/b/k");
-        c.record("PUT", "http://h/b/k");
-        c.record("POST", "http://h/b/k?uploads");
-        c.record("PUT", "http://h/b/k?partNumber=1&uploadId=u");
-        c.record("POST", "http://h/b/k?uploadId=u");
-        c.record("DELETE", "http://h/b/k?uploadId=u");
-        c.record("POST", "http://h/b?delete");
-        let n = c.snapshot();
-        assert_eq!(
-            n,
-            RequestCounts {
-                list: 1,
-                get: 1,
-                head: 1,
-                put: 1,
-                create_multipart: 1,
-                upload_part: 1,
-                complete_multipart: 1,
-                abort_multipart: 1,
-                delete: 1,
-                other: 0
-            }
-        );
-        assert_eq!(n.total(), 9);
-        assert_eq!(n.since(&n).total(), 0);
-    }
-
-    #[test]
-    fn endpoints_and_prefixes_are_normalized() {
-        assert_eq!(
-            normalize_endpoint("127.0.0.1:5055").unwrap(),
-            "http://127.0.0.1:5055"
-        );
-        assert_eq!(
-            normalize_endpoint("minio.example.com").unwrap(),
-            "https://minio.example.com"
-        );
-        assert_eq!(normalize_endpoint("http://h:1/").unwrap(), "http://h:1");
-        assert!(normalize_endpoint("ftp://h").is_err());
-        assert_eq!(strip_userinfo("http://user:secret@h:1/p"), "http://h:1/p");
-        assert_eq!(clean_prefix("//x/./databases/"), "x/databases");
-        assert_eq!(dir_of(""), "");
-        assert_eq!(dir_of("a/b"), "a/b/");
-    }
-
-    #[test]
-    fn pem_encoding_is_standard_base64() {
-        let pem = der_to_pem(b"hello world");
-        assert_eq!(
-            pem,
-            b"-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n"
-        );
-        let pem = der_to_pem(b"ab");
-        assert!(std::str::from_utf8(&pem).unwrap().contains("\nYWI=\n"));
-    }
 
     #[test]
     fn debug_never_shows_secrets() {
