@@ -25,6 +25,8 @@ pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60
 pub const DEFAULT_SNAPSHOT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// L0 files stay this long after an L1 file covers them (readers may still be fetching them).
 pub const DEFAULT_L0_RETENTION: Duration = Duration::from_secs(5 * 60);
+/// L0 deletions are batched on this grid (one DeleteObjects per tick, not one per file).
+pub const DEFAULT_L0_RETENTION_CHECK: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct CompactionConfig {
@@ -33,6 +35,7 @@ pub struct CompactionConfig {
     pub snapshot_interval: Duration,
     pub snapshot_retention: Duration,
     pub l0_retention: Duration,
+    pub l0_retention_check: Duration,
 }
 
 impl Default for CompactionConfig {
@@ -42,6 +45,7 @@ impl Default for CompactionConfig {
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             snapshot_retention: DEFAULT_SNAPSHOT_RETENTION,
             l0_retention: DEFAULT_L0_RETENTION,
+            l0_retention_check: DEFAULT_L0_RETENTION_CHECK,
         }
     }
 }
@@ -184,15 +188,16 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
     (jobs, next)
 }
 
+/// The inputs follow each other without gap, and follow the level's last file if it has one (a
+/// level's first file may start anywhere: a snapshot covers what came before).
 fn contiguous(files: &[LtxInfo], after: Txid) -> bool {
-    let mut have = after;
-    for f in files {
-        if f.min.0 != have.0 + 1 && !(have.0 == 0 && f.min.0 == 1) {
-            return false;
-        }
-        have = f.max;
+    let Some(first) = files.first() else {
+        return false;
+    };
+    if after.0 > 0 && first.min.0 != after.0 + 1 {
+        return false;
     }
-    true
+    files.windows(2).all(|w| w[1].min.0 == w[0].max.0 + 1)
 }
 
 /// Files no restore needs any more, and when the next file becomes deletable.
@@ -236,11 +241,11 @@ fn retention(
             if f.max > l1.max || out.iter().any(|o| o == *f) {
                 continue;
             }
-            let age = now.duration_since(f.created_at).unwrap_or_default();
-            if age >= cfg.l0_retention {
+            let expires = f.created_at + cfg.l0_retention;
+            if expires <= truncate(now, cfg.l0_retention_check) {
                 out.push((*f).clone());
             } else {
-                let t = f.created_at + cfg.l0_retention;
+                let t = truncate(expires, cfg.l0_retention_check) + cfg.l0_retention_check;
                 later = Some(later.map_or(t, |l: SystemTime| l.min(t)));
                 break;
             }

@@ -42,6 +42,12 @@ pub const DEFAULT_TRUNCATE_PAGES: u64 = 121_359;
 pub const DEFAULT_MAX_SYNC_BYTES: u64 = 64 * 1024 * 1024;
 /// How long we wait for SQLite locks held by the application before giving up on this attempt.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A TRUNCATE checkpoint waits at most this long for readers and writers: it is an optimisation
+/// (the WAL is reset), never worth making the application wait.
+const TRUNCATE_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+/// Wait after a TRUNCATE before checking that no commit raced it (see [`Db::truncate`]):
+/// longer than a kernel tick, the granularity of file times.
+const FINGERPRINT_SETTLE: Duration = Duration::from_millis(25);
 /// Our connections need almost no page cache: we read pages from the files ourselves.
 const CACHE_SIZE_KIB: i64 = 64;
 
@@ -313,6 +319,21 @@ impl Db {
         if header.page_size != pos.page_size && pos.page_size != 0 {
             return Ok(Some(Plan::Full));
         }
+        if let Proof::Truncated { db_fingerprint } = proof {
+            // We emptied the WAL with nothing unshipped. Every restart of the WAL since would
+            // have needed a checkpoint that wrote to the db file; if the file is untouched, the
+            // WAL holds every commit since, from its start (whatever its salts: a connection
+            // that never checkpointed itself writes random ones).
+            return Ok(Some(if *db_fingerprint == fingerprint(&self.path)? {
+                Plan::Incremental {
+                    from: WAL_HEADER_SIZE,
+                    seed: (header.checksum1, header.checksum2),
+                    header,
+                }
+            } else {
+                Plan::Full
+            }));
+        }
         let same_gen = (header.salt1, header.salt2) == pos.salts;
         let next_gen = header.salt1 == pos.salts.0.wrapping_add(1) && pos.salts != (0, 0);
         if same_gen && pos.wal_end >= WAL_HEADER_SIZE {
@@ -328,8 +349,7 @@ impl Db {
         }
         let follows = match proof {
             Proof::ReadLock => (next_gen && pos.at_chain_end) || pos.wal_end == 0,
-            Proof::Truncated { .. } => next_gen,
-            Proof::None => false,
+            Proof::Truncated { .. } | Proof::None => false,
         };
         if follows {
             return Ok(Some(Plan::Incremental {
@@ -610,9 +630,36 @@ impl Db {
     }
 
     /// Seals the WAL before we let go of the database: sync to the end under the write lock, then
-    /// TRUNCATE the WAL. Returns the proof the next wake-up can rely on, and closes the database.
+    /// TRUNCATE the WAL. The proof left behind is what the next wake-up can rely on.
     pub fn seal_and_close(
-        self,
+        mut self,
+        pos: &mut Position,
+        proof: &mut Proof,
+        staging: &Staging,
+    ) -> Result<Option<StagedLtx>> {
+        self.truncate(pos, proof, staging)
+    }
+
+    /// TRUNCATE checkpoint for a WAL past `truncate_pages`; stays open (read lock taken again).
+    pub fn checkpoint_truncate(
+        &mut self,
+        pos: &mut Position,
+        proof: &mut Proof,
+        staging: &Staging,
+    ) -> Result<Option<StagedLtx>> {
+        let staged = self.truncate(pos, proof, staging)?;
+        // The proof stays `Truncated` until the next sync has read the new generation.
+        self.acquire_read()?;
+        Ok(staged)
+    }
+
+    /// 1. Under the write lock, ship everything up to the WAL's end and note `data_version`.
+    /// 2. Release our read mark and the write lock; TRUNCATE (it takes the write lock itself).
+    /// 3. If `data_version` is unchanged no other connection committed in between, so nothing
+    ///    was checkpointed away unshipped: [`Proof::Truncated`]. Otherwise [`Proof::None`] and the
+    ///    next sync re-verifies (a full-page L0 if frames were lost).
+    fn truncate(
+        &mut self,
         pos: &mut Position,
         proof: &mut Proof,
         staging: &Staging,
@@ -628,19 +675,22 @@ impl Db {
         let before = data_version(&self.writer, &self.path)?;
         self.release_read()?;
         drop(lock);
-        self.writer
-            .busy_timeout(Duration::from_millis(200))
-            .map_err(|e| sqlite_err(&self.path, e))?;
+        let set_timeout =
+            |c: &Connection, d| c.busy_timeout(d).map_err(|e| sqlite_err(&self.path, e));
+        set_timeout(&self.writer, TRUNCATE_BUSY_TIMEOUT)?;
         let ck: rusqlite::Result<(i64, i64, i64)> =
             self.writer
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 });
+        set_timeout(&self.writer, self.config.busy_timeout)?;
+        let db_fingerprint = fingerprint(&self.path)?;
+        // File times are coarse (one kernel tick): make sure no commit lands in the tick of our
+        // own last write to the db file, or a later checkpoint could leave the same mtime.
+        std::thread::sleep(FINGERPRINT_SETTLE);
         let after = data_version(&self.writer, &self.path)?;
         *proof = match ck {
-            Ok((0, _, _)) if before == after => Proof::Truncated {
-                db_fingerprint: fingerprint(&self.path)?,
-            },
+            Ok((0, _, _)) if before == after => Proof::Truncated { db_fingerprint },
             _ => Proof::None,
         };
         Ok(staged)
@@ -716,6 +766,52 @@ impl Staging {
             staged: None,
             next: None,
         })
+    }
+
+    fn seal_path(&self) -> PathBuf {
+        self.dir.join("seal")
+    }
+
+    /// Persists a [`Proof::Truncated`] for the L0 `txid`, so that a restart (even after kill -9)
+    /// can continue incrementally instead of writing a full-page L0 for every sealed tenant.
+    pub fn write_seal(&self, txid: u64, proof: &Proof) -> Result<()> {
+        let Proof::Truncated {
+            db_fingerprint: (mtime, size),
+        } = proof
+        else {
+            return self.clear_seal();
+        };
+        let text = format!("{txid} {mtime} {size}\n");
+        crate::client::fs::write_durably(&self.seal_path(), text.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn clear_seal(&self) -> Result<()> {
+        match std::fs::remove_file(self.seal_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.seal_path(), e)),
+        }
+    }
+
+    /// The seal written for `txid`, if that is the one on disk.
+    pub fn read_seal(&self, txid: u64) -> Proof {
+        let Ok(text) = std::fs::read_to_string(self.seal_path()) else {
+            return Proof::None;
+        };
+        let mut it = text.split_whitespace();
+        let parsed = (|| {
+            let t: u64 = it.next()?.parse().ok()?;
+            let m: i128 = it.next()?.parse().ok()?;
+            let s: u64 = it.next()?.parse().ok()?;
+            Some((t, m, s))
+        })();
+        match parsed {
+            Some((t, m, s)) if t == txid => Proof::Truncated {
+                db_fingerprint: (m, s),
+            },
+            _ => Proof::None,
+        }
     }
 
     /// L0 files staged locally, sorted by TXID.
@@ -1040,5 +1136,160 @@ fn io_err(path: &Path, source: std::io::Error) -> SyncError {
     SyncError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        db: PathBuf,
+        app: Connection,
+        staging: Staging,
+        seq: i64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("app.db");
+            let app = Connection::open(&db).unwrap();
+            app.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+                .unwrap();
+            app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+                .unwrap();
+            let staging = Staging::new(dir.path().join("state"));
+            Fixture {
+                dir,
+                db,
+                app,
+                staging,
+                seq: 0,
+            }
+        }
+
+        fn write(&mut self, rows: usize) {
+            for _ in 0..rows {
+                self.seq += 1;
+                self.app
+                    .execute(
+                        "INSERT INTO t(v) VALUES (?1)",
+                        [format!("row {} {}", self.seq, "x".repeat(300))],
+                    )
+                    .unwrap();
+            }
+        }
+
+        /// Restores the staged chain and returns its row count.
+        fn restored_rows(&self) -> i64 {
+            let replica = self.dir.path().join("replica");
+            let l0 = replica.join("ltx/0");
+            std::fs::create_dir_all(&l0).unwrap();
+            for t in self.staging.list().unwrap() {
+                std::fs::copy(
+                    self.staging.path_of(t),
+                    l0.join(LtxFileName { min: t, max: t }.to_string()),
+                )
+                .unwrap();
+            }
+            let out = self.dir.path().join("restored.db");
+            let r = crate::client::Replica::Fs(crate::client::fs::FsReplica::new(&replica));
+            let opts = crate::restore::RestoreOptions {
+                force: true,
+                ..Default::default()
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(crate::restore::restore(
+                &r,
+                &out,
+                &opts,
+                &Default::default(),
+            ))
+            .unwrap();
+            let c = Connection::open(&out).unwrap();
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_sealed_wal_continues_incrementally_after_wake() {
+        let mut f = Fixture::new();
+        f.write(5);
+        let (mut pos, mut proof) = (Position::default(), Proof::None);
+        let mut db = Db::open(&f.db, DbConfig::default()).unwrap();
+        assert!(
+            db.sync(&mut pos, &mut proof, &f.staging)
+                .unwrap()
+                .unwrap()
+                .full
+        );
+        f.write(3);
+        let s = db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+        assert!(!s.full, "steady-state sync must be incremental");
+        f.write(2);
+        db.seal_and_close(&mut pos, &mut proof, &f.staging).unwrap();
+        assert!(
+            matches!(proof, Proof::Truncated { .. }),
+            "quiet seal must prove continuity: {proof:?}"
+        );
+        // Cold: the app writes into the next WAL generation.
+        f.write(4);
+        let mut db = Db::open(&f.db, DbConfig::default()).unwrap();
+        let s = db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+        assert!(
+            !s.full,
+            "the generation after our own TRUNCATE continues incrementally"
+        );
+        assert_eq!(proof, Proof::ReadLock);
+        assert_eq!(f.restored_rows(), 14);
+    }
+
+    #[test]
+    fn an_unproven_generation_change_gets_a_full_page_l0() {
+        let mut f = Fixture::new();
+        f.write(5);
+        let (mut pos, mut proof) = (Position::default(), Proof::None);
+        let db = Db::open(&f.db, DbConfig::default()).unwrap();
+        let mut db = db;
+        db.sync(&mut pos, &mut proof, &f.staging).unwrap();
+        db.seal_and_close(&mut pos, &mut proof, &f.staging).unwrap();
+        // While we are away the app writes, truncates (a second restart) and writes again.
+        f.write(3);
+        f.app
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        f.write(2);
+        let mut db = Db::open(&f.db, DbConfig::default()).unwrap();
+        let s = db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+        assert!(
+            s.full,
+            "two generations later nothing proves continuity: full-page L0"
+        );
+        assert_eq!(f.restored_rows(), 10);
+    }
+
+    #[test]
+    fn a_replaced_file_is_detected() {
+        let mut f = Fixture::new();
+        f.write(1);
+        let (mut pos, mut proof) = (Position::default(), Proof::None);
+        let mut db = Db::open(&f.db, DbConfig::default()).unwrap();
+        db.sync(&mut pos, &mut proof, &f.staging).unwrap();
+        let other = f.dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE x(a)")
+            .unwrap();
+        std::fs::rename(&other, &f.db).unwrap();
+        assert!(matches!(
+            db.sync(&mut pos, &mut proof, &f.staging),
+            Err(SyncError::Replaced(_))
+        ));
     }
 }

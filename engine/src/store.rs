@@ -128,6 +128,8 @@ struct Inner {
     /// Maintenance queue: (due time, tenant id). One timer for all tenants.
     schedule: Mutex<BTreeSet<(SystemTime, String)>>,
     schedule_changed: Notify,
+    /// Per-id lock held by the running hot task; present only while some task holds or awaits it.
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Clone)]
@@ -139,6 +141,7 @@ impl Store {
     pub fn new(config: StoreConfig, cancel: CancellationToken) -> Self {
         let shared = Shared {
             config: config.tenant.clone(),
+            hot: Arc::default(),
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             opens: Arc::new(Semaphore::new(config.max_opening.max(1))),
         };
@@ -153,6 +156,7 @@ impl Store {
                 tracker: TaskTracker::new(),
                 schedule: Mutex::new(BTreeSet::new()),
                 schedule_changed: Notify::new(),
+                gates: Mutex::new(HashMap::new()),
             }),
         };
         let s = store.clone();
@@ -426,16 +430,37 @@ impl Store {
         };
         drop(tenants);
         let store = self.clone();
+        let gate = self.gate(id);
         self.inner.tracker.spawn(async move {
+            // A task of an earlier registration of this id (its file was deleted and created
+            // again) may still be finishing: never run two on one staging area and replica.
+            let running = gate.clone().lock_owned().await;
             let cold = tenant::run_hot(&ctx, cold).await;
-            store.parked(&ctx.id, cold);
+            drop(running);
+            store.release_gate(&ctx.id, gate);
+            store.parked(&ctx.id, &ctx.wake, cold);
         });
     }
 
-    /// A hot task finished: keep its cold state, restart it if a wake raced with its exit.
-    fn parked(&self, id: &str, cold: Cold) {
+    /// The lock held by the hot task of `id`, across registrations.
+    fn gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.entry(id.to_string()).or_default().clone()
+    }
+
+    fn release_gate(&self, id: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else waits on it.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(id);
+        }
+    }
+
+    /// A hot task finished: keep its cold state, restart it if a wake raced with its exit. A
+    /// task of an unregistered entry leaves a new registration of the same id alone.
+    fn parked(&self, id: &str, wake: &Arc<Notify>, cold: Cold) {
         let mut tenants = self.lock();
-        let Some(entry) = tenants.get_mut(id) else {
+        let Some(entry) = tenants.get_mut(id).filter(|e| Arc::ptr_eq(&e.wake, wake)) else {
             return;
         };
         entry.cold = Some(cold);
@@ -474,7 +499,10 @@ impl Store {
 
     /// Number of tenants with a running task.
     pub fn hot_count(&self) -> usize {
-        self.lock().values().filter(|e| e.hot).count()
+        self.inner
+            .shared
+            .hot
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Cancels every tenant (each does a final local sync) and waits at most `deadline`.

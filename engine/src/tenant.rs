@@ -11,6 +11,7 @@
 //! after a restart).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +27,9 @@ use crate::ltx::{LtxFileName, Txid};
 pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(200);
 /// A tenant without changes for this long seals its WAL and goes cold.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Above this many hot tenants, an idle tenant goes cold after one batching window instead of
+/// `idle_timeout`: each hot tenant holds two SQLite connections (about 6 file descriptors).
+pub const HOT_SOFT_LIMIT: usize = 512;
 /// Retry failed syncs/uploads with exponential backoff up to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -112,6 +116,8 @@ pub(crate) type RemoteState = Arc<tokio::sync::Mutex<Option<Index>>>;
 #[derive(Clone)]
 pub struct Shared {
     pub config: TenantConfig,
+    /// Number of hot tenants (with a task and open connections).
+    pub hot: Arc<AtomicUsize>,
     /// Caps concurrent replica operations across all tenants.
     pub uploads: Arc<Semaphore>,
     /// Caps concurrently open (hot) databases during start-up storms.
@@ -140,17 +146,34 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     let mut last_checkpoint = Instant::now();
     let mut synced_since_checkpoint = false;
     let mut shutdown = false;
+    let _hot = HotGuard::new(&ctx.shared.hot);
+    // A wake that finds nothing new for a sealed tenant (the app only read, or a restart) closes
+    // again at once, keeping the seal: no new TRUNCATE, no 30 s of open files.
+    let sealed_before = matches!(cold.proof, Proof::Truncated { .. }).then(|| cold.proof.clone());
+    let mut first = true;
     loop {
-        match step(
+        let result = step(
             ctx,
             &mut cold,
             &mut db,
             &mut last_checkpoint,
             &mut synced_since_checkpoint,
         )
-        .await
-        {
-            Ok(()) => {
+        .await;
+        let was_first = std::mem::replace(&mut first, false);
+        match result {
+            Ok(0) if was_first && !shutdown && sealed_before.is_some() => {
+                drop(db.take());
+                if let Some(p) = sealed_before {
+                    cold.proof = p;
+                }
+                ctx.status.update(|s| {
+                    s.last_error = None;
+                    s.state = State::Idle;
+                });
+                return cold;
+            }
+            Ok(_) => {
                 if backoff > Duration::from_millis(500) {
                     tracing::info!(client = %ctx.id, "replication recovered");
                 }
@@ -175,8 +198,8 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
                     drop(db.take());
                     return cold;
                 }
-                // Drop the connections: the next attempt re-verifies from scratch.
-                if db.take().is_some() {
+                // Drop the connections: without our read mark the next attempt re-verifies.
+                if db.take().is_some() && cold.proof == Proof::ReadLock {
                     cold.proof = Proof::None;
                 }
                 if let StepError::Sync(SyncError::Replaced(_)) = e {
@@ -194,12 +217,18 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
         if shutdown {
             return cold;
         }
-        // Wait for the next change, or go cold.
+        // Wait for the next change, or go cold: soon when many tenants are hot at once (a start
+        // with thousands of tenants), so open files stay bounded.
+        let idle = if ctx.shared.hot.load(Ordering::Relaxed) > HOT_SOFT_LIMIT {
+            cfg.sync_window.min(cfg.idle_timeout)
+        } else {
+            cfg.idle_timeout
+        };
         tokio::select! {
             _ = ctx.wake.notified() => {
                 tokio::time::sleep(cfg.sync_window).await;
             }
-            _ = tokio::time::sleep(cfg.idle_timeout) => {
+            _ = tokio::time::sleep(idle) => {
                 if let Some(d) = db.take() {
                     match go_cold(ctx, &mut cold, d).await {
                         Ok(()) => {
@@ -221,6 +250,22 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     }
 }
 
+/// Counts a hot period in [`Shared::hot`].
+struct HotGuard<'a>(&'a AtomicUsize);
+
+impl<'a> HotGuard<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        HotGuard(n)
+    }
+}
+
+impl Drop for HotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StepError {
     #[error(transparent)]
@@ -237,7 +282,7 @@ async fn step(
     db: &mut Option<Db>,
     last_checkpoint: &mut Instant,
     synced_since_checkpoint: &mut bool,
-) -> Result<(), StepError> {
+) -> Result<usize, StepError> {
     // 1. Know where the replica stands (once per process).
     if ctx.remote.lock().await.is_none() {
         reconcile(ctx, cold).await?;
@@ -286,7 +331,12 @@ async fn step(
                     && since.elapsed() >= cfg.db.checkpoint_interval
                     && wal_pages > 0);
             let mut checkpointed = false;
-            if due {
+            if wal_pages >= cfg.db.truncate_pages {
+                if let Some(s) = d.checkpoint_truncate(&mut pos, &mut proof, &staging)? {
+                    staged.push(s);
+                }
+                checkpointed = true;
+            } else if due {
                 if let Some(s) = d.checkpoint_passive(&mut pos, &mut proof, &staging)? {
                     staged.push(s);
                 }
@@ -321,7 +371,7 @@ async fn step(
     }
     // 3. Upload whatever is staged beyond the replica position.
     upload(ctx, cold).await?;
-    Ok(())
+    Ok(staged.len())
 }
 
 /// Lists the replica once and makes local staging agree with it.
@@ -344,8 +394,12 @@ async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     .await
     .map_err(|e| StepError::Join(e.to_string()))??;
     if cold.pos.is_none() {
+        // A seal on disk for exactly this position survives restarts (see `Db::truncate`).
+        cold.proof = match &recovered {
+            Some(p) => ctx.staging.read_seal(p.txid),
+            None => Proof::None,
+        };
         cold.pos = recovered;
-        cold.proof = Proof::None;
     }
     let local_max = list.last().map(|t| t.0).unwrap_or(0);
     let local_min = list.first().map(|t| t.0).unwrap_or(0);
@@ -543,8 +597,13 @@ async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepErr
     .await
     .map_err(|e| StepError::Join(e.to_string()))?;
     let (staged, pos, proof) = res?;
+    let txid = pos.txid;
     cold.pos = Some(pos);
-    cold.proof = proof;
+    cold.proof = proof.clone();
+    let staging = ctx.staging.clone();
+    tokio::task::spawn_blocking(move || staging.write_seal(txid, &proof))
+        .await
+        .map_err(|e| StepError::Join(e.to_string()))??;
     if staged.is_some() {
         upload(ctx, cold).await?;
     }

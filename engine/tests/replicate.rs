@@ -245,6 +245,7 @@ async fn compaction_snapshots_and_retention_keep_the_replica_restorable() {
         snapshot_interval: Duration::from_secs(3),
         snapshot_retention: Duration::from_secs(5),
         l0_retention: Duration::from_secs(1),
+        l0_retention_check: Duration::from_secs(1),
     };
     let store = h.store_with(&cancel, cfg);
     store.register(ID, &h.db).unwrap();
