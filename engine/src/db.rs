@@ -841,6 +841,25 @@ impl Staging {
         Ok(out)
     }
 
+    /// Bytes of staged files after `txid` (not yet in the replica).
+    pub fn pending_bytes(&self, txid: u64) -> Result<u64> {
+        let mut total = 0;
+        for t in self.list()?.into_iter().filter(|t| t.0 > txid) {
+            total += std::fs::metadata(self.path_of(t))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Removes staged files after `txid`.
+    pub fn discard_after(&self, txid: u64) -> Result<()> {
+        for t in self.list()?.into_iter().filter(|t| t.0 > txid) {
+            self.remove(t)?;
+        }
+        self.clear_seal()
+    }
+
     pub fn remove(&self, txid: Txid) -> Result<()> {
         let path = self.path_of(txid);
         match std::fs::remove_file(&path) {

@@ -27,6 +27,8 @@ use crate::ltx::{LtxFileName, Txid};
 pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(200);
 /// A tenant without changes for this long seals its WAL and goes cold.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound of local staging per tenant while the replica is unreachable.
+pub const DEFAULT_MAX_STAGED_BYTES: u64 = 1 << 30;
 /// Above this many hot tenants, an idle tenant goes cold after one batching window instead of
 /// `idle_timeout`: each hot tenant holds two SQLite connections (about 6 file descriptors).
 pub const HOT_SOFT_LIMIT: usize = 512;
@@ -36,6 +38,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct TenantConfig {
     pub db: DbConfig,
+    /// Most bytes of staged, not yet uploaded L0 files per tenant (see `step`).
+    pub max_staged_bytes: u64,
     pub compaction: CompactionConfig,
     pub sync_window: Duration,
     pub idle_timeout: Duration,
@@ -45,6 +49,7 @@ impl Default for TenantConfig {
     fn default() -> Self {
         Self {
             db: DbConfig::default(),
+            max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
             compaction: CompactionConfig::default(),
             sync_window: DEFAULT_SYNC_WINDOW,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -274,6 +279,8 @@ pub(crate) enum StepError {
     Client(#[from] crate::client::ClientError),
     #[error("internal: {0}")]
     Join(String),
+    #[error("{0} bytes staged locally and not uploaded (the replica is unreachable): dropped them; a full snapshot follows when it is back")]
+    StagingFull(u64),
 }
 
 async fn step(
@@ -287,7 +294,34 @@ async fn step(
     if ctx.remote.lock().await.is_none() {
         reconcile(ctx, cold).await?;
     }
-    // 2. Open and sync, in the blocking pool.
+    // 2. Bounded staging: while the replica is unreachable, staged files pile up. Past the
+    //    bound, drop what was not uploaded and continue later with one full-page L0 instead
+    //    (the database itself still holds every change; the application is never blocked).
+    let replicated = ctx
+        .remote
+        .lock()
+        .await
+        .as_ref()
+        .map(|ix| ix.max_txid())
+        .unwrap_or(0);
+    let staging = ctx.staging.clone();
+    let pending_bytes = tokio::task::spawn_blocking(move || staging.pending_bytes(replicated))
+        .await
+        .map_err(|e| StepError::Join(e.to_string()))??;
+    if pending_bytes > ctx.shared.config.max_staged_bytes {
+        let staging = ctx.staging.clone();
+        tokio::task::spawn_blocking(move || staging.discard_after(replicated))
+            .await
+            .map_err(|e| StepError::Join(e.to_string()))??;
+        drop(db.take());
+        cold.pos = Some(Position {
+            txid: replicated,
+            ..Position::default()
+        });
+        cold.proof = Proof::None;
+        return Err(StepError::StagingFull(pending_bytes));
+    }
+    // 3. Open and sync, in the blocking pool.
     let cfg = ctx.shared.config.clone();
     let path = ctx.db_path.clone();
     let staging = ctx.staging.clone();
@@ -369,7 +403,7 @@ async fn step(
             }
         });
     }
-    // 3. Upload whatever is staged beyond the replica position.
+    // 4. Upload whatever is staged beyond the replica position.
     upload(ctx, cold).await?;
     Ok(staged.len())
 }

@@ -299,3 +299,78 @@ async fn compaction_snapshots_and_retention_keep_the_replica_restorable() {
     assert_eq!(dump(&theirs), expected);
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
+
+/// The replica goes away for a while: the tenant shows an error, staging stays bounded, the app
+/// keeps writing, and everything is replicated once the replica is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_outage_stages_boundedly_and_catches_up() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let cancel = CancellationToken::new();
+    let mut cfg = fast_tenant_config();
+    cfg.max_staged_bytes = 256 * 1024;
+    let store = h.store_with(&cancel, cfg);
+    store.register(ID, &h.db).unwrap();
+    let mut seq = 0;
+    write_txn(&app, &mut seq, 10);
+    store.wake(ID);
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+
+    // Outage: the replica directory is replaced by a file, so every write to it fails.
+    let replica = h.replica_dir();
+    let parked = h.out("replica-parked");
+    std::fs::rename(&replica, &parked).unwrap();
+    std::fs::write(&replica, b"not a directory").unwrap();
+    let mut max_staged = 0u64;
+    for _ in 0..60 {
+        write_txn(&app, &mut seq, 20); // the application is never blocked
+        store.wake(ID);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        max_staged = max_staged.max(dir_size(&h.state));
+    }
+    let s = store.status(ID).unwrap();
+    assert_eq!(s.state, engine::tenant::State::Error, "{s:?}");
+    assert!(s.last_error.is_some());
+    // Bound + one full-page L0 of this small database + the anchor file.
+    let db_size = std::fs::metadata(&h.db).unwrap().len()
+        + std::fs::metadata(engine::db::wal_path(&h.db))
+            .unwrap()
+            .len();
+    assert!(
+        max_staged <= 256 * 1024 + 2 * db_size,
+        "staging grew to {max_staged} bytes"
+    );
+
+    // Back: everything arrives.
+    std::fs::remove_file(&replica).unwrap();
+    std::fs::rename(&parked, &replica).unwrap();
+    let expected = dump(&h.db);
+    h.wait_replicated(&expected, Duration::from_secs(90)).await;
+    let theirs = h.out("after-outage.db");
+    litestream_restore(&h.replica_dir(), &theirs, &[]).unwrap();
+    assert_eq!(dump(&theirs), expected);
+    let start = std::time::Instant::now();
+    while store.status(ID).unwrap().state == engine::tenant::State::Error {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "error state never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_size(&e.path())
+            } else {
+                m.len()
+            };
+        }
+    }
+    total
+}
