@@ -301,3 +301,141 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use engine::store::{StoreConfig, Target};
+    use futures::{SinkExt, StreamExt};
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    const ID: &str = "0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11";
+
+    fn state(dir: &std::path::Path) -> AppState {
+        let store = Store::new(
+            StoreConfig {
+                state_dir: dir.join("state"),
+                target: Target::Fs {
+                    root: dir.join("replica"),
+                },
+                tenant: Default::default(),
+                max_uploads: 2,
+                max_opening: 2,
+            },
+            CancellationToken::new(),
+        );
+        AppState {
+            store,
+            started: Instant::now(),
+            bucket: None,
+            watch_dirs: vec!["clients".into()],
+            target_status: Arc::new(std::sync::RwLock::new("ok".into())),
+            ignored: Default::default(),
+        }
+    }
+
+    async fn get(router: Router, uri: &str) -> (StatusCode, serde_json::Value) {
+        let res = router
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn status_lists_registered_clients_with_the_seed_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let db = dir.path().join(format!("{ID}.db"));
+        std::fs::File::create(&db).unwrap();
+        st.store.register(ID, &db).unwrap();
+        let (code, body) = get(router(st.clone()), "/api/status").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body["totalClients"], 1);
+        assert_eq!(body["watchDirs"][0], "clients");
+        assert_eq!(body["clients"][0]["clientId"], ID);
+        for field in ["databasePath", "s3Path", "status", "createdAt"] {
+            assert!(
+                body["clients"][0][field].is_string(),
+                "{field} missing: {body}"
+            );
+        }
+        let (code, one) = get(router(st), &format!("/api/clients/{ID}")).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(one["clientId"], ID);
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_and_endpoints_are_json_404s() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        for uri in ["/api/clients/nope", "/api/nope"] {
+            let (code, body) = get(router(st.clone()), uri).await;
+            assert_eq!(code, StatusCode::NOT_FOUND, "{uri}");
+            assert_eq!(body["error"]["code"], "not_found", "{uri}: {body}");
+        }
+        let res = router(st)
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// The next message that is not a summary or a change of a row.
+    async fn next(ws: &mut Ws) -> WsMessage {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("no message within 10 s")
+                .unwrap()
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                let m: WsMessage = serde_json::from_str(&t).unwrap();
+                if !matches!(m, WsMessage::Summary { .. } | WsMessage::Changed { .. }) {
+                    return m;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn websocket_sends_a_snapshot_then_added_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(st.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        assert!(matches!(next(&mut ws).await, WsMessage::Snapshot { .. }));
+        let db = dir.path().join(format!("{ID}.db"));
+        std::fs::File::create(&db).unwrap();
+        st.store.register(ID, &db).unwrap();
+        match next(&mut ws).await {
+            WsMessage::Added { client } => assert_eq!(client.client_id, ID),
+            other => panic!("expected added, got {other:?}"),
+        }
+        st.store.unregister(ID);
+        match next(&mut ws).await {
+            WsMessage::Removed { client_id } => assert_eq!(client_id, ID),
+            other => panic!("expected removed, got {other:?}"),
+        }
+        let _ = ws.close(None).await;
+    }
+}
