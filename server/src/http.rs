@@ -308,7 +308,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use engine::store::{StoreConfig, Target};
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
     use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
 
