@@ -1080,7 +1080,7 @@ fn read_frame_page(wal: &File, frame_off: u64, buf: &mut [u8], path: &Path) -> R
 }
 
 /// `(mtime in ns, size)` of the db file: changes whenever a checkpoint writes to it.
-fn fingerprint(path: &Path) -> Result<(i128, u64)> {
+pub(crate) fn fingerprint(path: &Path) -> Result<(i128, u64)> {
     let m = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
     let mtime = m
         .modified()

@@ -155,6 +155,17 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     // A wake that finds nothing new for a sealed tenant (the app only read, or a restart) closes
     // again at once, keeping the seal: no new TRUNCATE, no 30 s of open files.
     let sealed_before = matches!(cold.proof, Proof::Truncated { .. }).then(|| cold.proof.clone());
+    // Cheaper still: a sealed tenant whose db file is untouched and whose WAL is empty has
+    // nothing to ship (typically the event of our own seal's checkpoint): not even an open.
+    if let Proof::Truncated { db_fingerprint } = &cold.proof {
+        let wal_len = std::fs::metadata(crate::db::wal_path(&ctx.db_path))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let same = crate::db::fingerprint(&ctx.db_path).is_ok_and(|f| f == *db_fingerprint);
+        if same && wal_len == 0 && !ctx.cancel.is_cancelled() {
+            return cold;
+        }
+    }
     let mut first = true;
     loop {
         let result = step(
