@@ -152,6 +152,11 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     let mut synced_since_checkpoint = false;
     let mut shutdown = false;
     let _hot = HotGuard::new(&ctx.shared.hot);
+    // Know the replica (and any seal on disk) before deciding whether to open the database; a
+    // failure here is retried by the loop below.
+    if ctx.remote.lock().await.is_none() {
+        let _ = reconcile(ctx, &mut cold).await;
+    }
     // A wake that finds nothing new for a sealed tenant (the app only read, or a restart) closes
     // again at once, keeping the seal: no new TRUNCATE, no 30 s of open files.
     let sealed_before = matches!(cold.proof, Proof::Truncated { .. }).then(|| cold.proof.clone());
@@ -163,6 +168,11 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
             .unwrap_or(0);
         let same = crate::db::fingerprint(&ctx.db_path).is_ok_and(|f| f == *db_fingerprint);
         if same && wal_len == 0 && !ctx.cancel.is_cancelled() {
+            ctx.status.update(|s| {
+                if s.state != State::Error {
+                    s.state = State::Idle;
+                }
+            });
             return cold;
         }
     }
