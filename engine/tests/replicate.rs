@@ -374,3 +374,78 @@ fn dir_size(p: &std::path::Path) -> u64 {
     }
     total
 }
+
+/// A manager restart must not cost a full snapshot per tenant: a sealed (cold) tenant ships
+/// nothing on start, and its next commit is an incremental L0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_with_sealed_tenants_ships_nothing_and_stays_incremental() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let mut seq = 0;
+    for _ in 0..30 {
+        write_txn(&app, &mut seq, 10);
+    }
+    let cancel = CancellationToken::new();
+    let store = h.store(&cancel);
+    store.register(ID, &h.db).unwrap();
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    // Wait until it sealed and went cold (idle timeout 700 ms in tests).
+    let start = std::time::Instant::now();
+    while store.status(ID).unwrap().state != engine::tenant::State::Idle {
+        assert!(start.elapsed() < CATCH_UP, "never went idle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = store.status(ID).unwrap().replicated_txid;
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+    drop(store);
+
+    let cancel = CancellationToken::new();
+    let store = h.store(&cancel);
+    store.register(ID, &h.db).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let l0 = |files: &[engine::client::LtxInfo]| {
+        files.iter().filter(|f| f.level == 0).map(|f| f.max.0).max()
+    };
+    let files = h
+        .replica()
+        .list_all(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        l0(&files),
+        Some(before),
+        "a restart shipped something for an unchanged tenant"
+    );
+
+    write_txn(&app, &mut seq, 1);
+    store.wake(ID);
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    let files = h
+        .replica()
+        .list_all(&CancellationToken::new())
+        .await
+        .unwrap();
+    let newest = files
+        .iter()
+        .filter(|f| f.level == 0)
+        .max_by_key(|f| f.max)
+        .unwrap();
+    let data = h
+        .replica()
+        .read(newest, &CancellationToken::new())
+        .await
+        .unwrap();
+    let mut dec = engine::ltx::Decoder::new(&data[..]).unwrap();
+    let commit = dec.header().commit;
+    let mut buf = Vec::new();
+    let mut pages = 0;
+    while dec.next_page(&mut buf).unwrap().is_some() {
+        pages += 1;
+    }
+    assert!(
+        pages < commit / 2,
+        "the first commit after a restart shipped {pages} of {commit} pages"
+    );
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}
