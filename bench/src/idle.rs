@@ -89,7 +89,11 @@ pub fn run(ctx: &Ctx, args: &IdleArgs) -> Result<String> {
             },
         ),
         row("CPU used until then", &|o| {
-            format!("{:.1} CPU-s", o.startup_cpu_s)
+            if o.startup_cpu_s.is_nan() {
+                "—".to_string()
+            } else {
+                format!("{:.1} CPU-s", o.startup_cpu_s)
+            }
         }),
         row("RSS (VmRSS): window start → end", &|o| {
             w(o, &|w| {
@@ -201,7 +205,11 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &IdleArgs, ids: &[String]) -> Result<Out
                     "exited by itself ({st}); last log line: `{}`",
                     last_interesting_line(&rep.child.log)
                 ),
-                None => rep.stop(),
+                None => format!(
+                    "{}; last telling log line: `{}`",
+                    rep.stop(),
+                    last_interesting_line(&rep.child.log)
+                ),
             };
             return Ok(outcome);
         }

@@ -51,6 +51,8 @@ struct Outcome {
     missing: usize,
     files: usize,
     swept: usize,
+    swept_then_event: usize,
+    swept_event_delay_max: f64,
     errors: Vec<String>,
     write_errors: usize,
     late_commits: usize,
@@ -114,9 +116,18 @@ pub fn run(ctx: &Ctx, args: &LagArgs) -> Result<String> {
         row("commits never seen in the replica", &|o| {
             o.missing.to_string()
         }),
-        row("L0 files observed (found by sweep, not inotify)", &|o| {
-            format!("{} ({})", o.files, o.swept)
-        }),
+        row("L0 files observed", &|o| o.files.to_string()),
+        row(
+            "… seen by the 1 s sweep before their inotify event (event came later / max delay)",
+            &|o| {
+                format!(
+                    "{} ({} / {:.0} ms)",
+                    o.swept,
+                    o.swept_then_event,
+                    1e3 * o.swept_event_delay_max
+                )
+            },
+        ),
         row("unreadable files", &|o| {
             if o.errors.is_empty() {
                 "0".into()
@@ -233,6 +244,8 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &LagArgs, ids: &[String]) -> Result<Outc
                     &obs_committed,
                     &obs_done,
                     drain,
+                    // Whatever happens to the writers, the observer stops by then.
+                    end_at + drain + Duration::from_secs(60),
                 )
             });
             // Writers: tenant i goes to writer i % n.
@@ -252,7 +265,10 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &LagArgs, ids: &[String]) -> Result<Outc
             let mut durations = Vec::new();
             let mut first_err = None;
             for h in handles {
-                match h.join().expect("writer thread panicked") {
+                match h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a writer thread panicked")))
+                {
                     Ok(r) => {
                         for (i, t) in r.times {
                             all_times[i] = t;
@@ -266,10 +282,13 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &LagArgs, ids: &[String]) -> Result<Outc
                 }
             }
             writers_done.store(true, Ordering::SeqCst);
-            let (arrivals, obs) = observer.join().expect("observer thread panicked");
-            match first_err {
-                Some(e) => Err(e),
-                None => Ok((all_times, errors, late, durations, arrivals, obs)),
+            let observed = observer.join();
+            match (first_err, observed) {
+                (Some(e), _) => Err(e),
+                (None, Err(_)) => Err(anyhow::anyhow!("the observer thread panicked")),
+                (None, Ok((arrivals, obs))) => {
+                    Ok((all_times, errors, late, durations, arrivals, obs))
+                }
             }
         })?;
     drop(watcher);
@@ -304,6 +323,8 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &LagArgs, ids: &[String]) -> Result<Outc
         missing,
         files: obs.files,
         swept: obs.swept,
+        swept_then_event: obs.swept_then_event,
+        swept_event_delay_max: obs.swept_event_delay_max,
         errors: obs.errors,
         write_errors,
         late_commits: late.0,
@@ -359,10 +380,7 @@ fn write(
         late_max: 0.0,
         durations: Vec::new(),
     };
-    loop {
-        let Some((j, &due)) = next.iter().enumerate().min_by_key(|(_, t)| **t) else {
-            break;
-        };
+    while let Some((j, &due)) = next.iter().enumerate().min_by_key(|(_, t)| **t) {
         if due >= end_at {
             break;
         }
@@ -409,6 +427,9 @@ fn signed_secs(a: Instant, b: Instant) -> f64 {
 struct ObserverStats {
     files: usize,
     swept: usize,
+    /// Of the swept files, how many got their inotify event afterwards, and the longest delay.
+    swept_then_event: usize,
+    swept_event_delay_max: f64,
     errors: Vec<String>,
 }
 
@@ -422,6 +443,7 @@ fn observe(
     committed: &[AtomicI64],
     writers_done: &AtomicBool,
     drain: Duration,
+    hard_deadline: Instant,
 ) -> (Arrivals, ObserverStats) {
     let mut arrivals: Arrivals = vec![Vec::new(); l0_dirs.len()];
     let mut max_seen: Vec<i64> = vec![0; l0_dirs.len()];
@@ -429,6 +451,8 @@ fn observe(
     // Files that failed to decode: (path, tenant, first arrival, attempts).
     let mut retry: Vec<(PathBuf, usize, Instant, u32)> = Vec::new();
     let mut last_sweep = Instant::now();
+    let mut swept_at: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut late_events: Vec<f64> = Vec::new();
     let mut done_at: Option<Instant> = None;
 
     let handle = |path: PathBuf,
@@ -495,6 +519,9 @@ fn observe(
                 notify::EventKind::Remove(_) | notify::EventKind::Access(_)
             ) {
                 for p in ev.paths {
+                    if let Some(t) = swept_at.remove(&p) {
+                        late_events.push(signed_secs(at, t));
+                    }
                     handle(
                         p,
                         at,
@@ -543,21 +570,15 @@ fn observe(
                         )
                     {
                         stats.swept += 1;
-                        if std::env::var_os("BENCH_DEBUG").is_some() {
-                            let age = e
-                                .metadata()
-                                .and_then(|m| m.modified())
-                                .ok()
-                                .and_then(|t| t.elapsed().ok());
-                            eprintln!(
-                                "  found by sweep: {} (mtime {age:?} ago)",
-                                e.path().display()
-                            );
-                        }
+                        swept_at.insert(e.path(), Instant::now());
                     }
                 }
             }
             last_sweep = Instant::now();
+        }
+        if Instant::now() > hard_deadline {
+            eprintln!("  observer: hard deadline reached");
+            break;
         }
         if writers_done.load(Ordering::SeqCst) {
             let t = *done_at.get_or_insert_with(Instant::now);
@@ -570,5 +591,10 @@ fn observe(
             }
         }
     }
+    // Files the sweep found first: did their inotify event arrive a moment later (a race between
+    // the sweep and event delivery, harmless) or never (a missed event)?
+    late_events.sort_by(f64::total_cmp);
+    stats.swept_then_event = late_events.len();
+    stats.swept_event_delay_max = late_events.last().copied().unwrap_or(0.0);
     (arrivals, stats)
 }

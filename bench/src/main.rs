@@ -89,6 +89,8 @@ pub struct Ctx {
     pub seed: u64,
     pub work_dir: PathBuf,
     pub keep: bool,
+    /// Holds the private copy of the manager binary for the whole run.
+    _bin_dir: tempfile::TempDir,
 }
 
 impl Ctx {
@@ -169,16 +171,28 @@ fn run(cli: &Cli) -> Result<()> {
         Only::Ours => vec![Kind::Ours],
         Only::Litestream => vec![Kind::Litestream],
     };
+    let work_dir = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    // Run a private copy of our binary: other people rebuild target/release while we measure.
+    let manager_source = procs::manager_bin(cli.manager_bin.as_deref())?;
+    let bin_dir = tempfile::Builder::new()
+        .prefix("lsm-bench-bin-")
+        .tempdir_in(&work_dir)
+        .with_context(|| format!("cannot create a temp dir in {}", work_dir.display()))?;
+    let manager = bin_dir.path().join("litestream-manager");
+    std::fs::copy(&manager_source, &manager)
+        .with_context(|| format!("cannot copy {}", manager_source.display()))?;
     let bins = Bins {
-        manager: procs::manager_bin(cli.manager_bin.as_deref())?,
+        manager,
+        manager_source,
         litestream: procs::litestream_bin(cli.litestream_bin.as_deref())?,
     };
     let ctx = Ctx {
         bins,
         kinds,
         seed: cli.seed,
-        work_dir: cli.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        work_dir,
         keep: cli.keep,
+        _bin_dir: bin_dir,
     };
     let command = std::iter::once("cargo run --release -p bench --".to_string())
         .chain(std::env::args().skip(1))
@@ -192,7 +206,13 @@ fn run(cli: &Cli) -> Result<()> {
         Scenario::Restore(a) => throughput::run(&ctx, a, false, true)?,
         Scenario::Lag(a) => lag::run(&ctx, a)?,
     };
-    let md = format!("{env}\n{body}");
+    let load_end = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let md = format!("{env}- load average at end: {load_end}\n\n{body}");
     println!("{md}");
     if let Some(out) = &cli.out {
         let mut f = std::fs::OpenOptions::new()

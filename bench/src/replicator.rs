@@ -35,7 +35,10 @@ impl Kind {
 /// Paths of the two binaries.
 #[derive(Clone, Debug)]
 pub struct Bins {
+    /// The copy we run.
     pub manager: PathBuf,
+    /// Where the copy came from (reported).
+    pub manager_source: PathBuf,
     pub litestream: PathBuf,
 }
 

@@ -47,10 +47,10 @@ pub fn environment(bins: &Bins, command: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "- litestream-manager: `{}` ({}), built {}; source {}",
-        bins.manager.display(),
+        "- litestream-manager: `{}` ({}), built {}; work tree at bench start: {}",
+        bins.manager_source.display(),
         crate::procs::version_of(&bins.manager, "--version"),
-        mtime(&bins.manager),
+        mtime(&bins.manager_source),
         git_rev()
     );
     let _ = writeln!(

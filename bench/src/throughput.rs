@@ -35,6 +35,13 @@ pub struct WriteArgs {
     /// Give up if the replica does not hold the last commit this many seconds after the writes.
     #[arg(long, default_value_t = 600)]
     pub catchup_timeout: u64,
+    /// Keep measuring CPU this many seconds after the last commit, so that follow-up work
+    /// (L1 compaction at the next 30 s boundary) is counted for both tools alike.
+    #[arg(long, default_value_t = 35)]
+    pub tail: u64,
+    /// Give up if the application's writes take longer than this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub write_timeout: u64,
     /// Restore runs per (restorer, replica) pair; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -54,6 +61,7 @@ struct Run {
     write_s: f64,
     catchup_s: f64,
     cpu_s: f64,
+    tail_cpu_s: f64,
     after: ProcSample,
     source_digest: Digest,
     verify: String,
@@ -98,6 +106,19 @@ pub fn run(
             row(
                 "replicator CPU (first write → replica has last commit)",
                 &|r| format!("{:.2} CPU-s", r.cpu_s),
+            ),
+            row(
+                &format!(
+                    "CPU-seconds per GiB, counting until {} s after the last commit (incl. L1 compaction)",
+                    args.tail
+                ),
+                &|r| {
+                    format!(
+                        "{:.2} ({:.2} CPU-s)",
+                        r.tail_cpu_s / (r.wal_bytes as f64 / GIB),
+                        r.tail_cpu_s
+                    )
+                },
             ),
             row("WAL written by the app", &|r| {
                 format!(
@@ -160,8 +181,18 @@ fn replicate(ctx: &Ctx, kind: Kind, args: &WriteArgs, uuid: &str) -> Result<Run>
     let t0 = Instant::now();
     let mut last_check = Instant::now();
     let mut last_print = Instant::now();
+    let write_deadline = Duration::from_secs(args.write_timeout);
     while w.wal_bytes() < target {
         w.commit_one()?;
+        if t0.elapsed() > write_deadline {
+            bail!(
+                "{}: writing {} MiB took longer than {} s (at {:.0} MiB)",
+                kind.label(),
+                args.mb,
+                args.write_timeout,
+                w.wal_bytes() as f64 / MIB
+            );
+        }
         if last_check.elapsed() > Duration::from_secs(1) {
             rep.child.ensure_alive()?;
             last_check = Instant::now();
@@ -218,12 +249,20 @@ fn replicate(ctx: &Ctx, kind: Kind, args: &WriteArgs, uuid: &str) -> Result<Run>
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let after = procs::sample(pid, false)?;
     let cpu_s = c1 - c0;
     eprintln!(
         "  in the replica {catchup_s:.2} s after the last commit; replicator CPU {cpu_s:.2} s \
          = {:.2} CPU-s/GiB",
         cpu_s / (w.wal_bytes() as f64 / GIB)
+    );
+    let tail_end = t_last + Duration::from_secs(args.tail);
+    sleep_alive(&mut rep, tail_end.saturating_duration_since(Instant::now()))?;
+    let tail_cpu_s = procs::cpu_seconds(pid)? - c0;
+    let after = procs::sample(pid, false)?;
+    eprintln!(
+        "  including the {} s after the last commit: {tail_cpu_s:.2} CPU-s = {:.2} CPU-s/GiB",
+        args.tail,
+        tail_cpu_s / (w.wal_bytes() as f64 / GIB)
     );
     let (wal_bytes, txns, rows) = (w.wal_bytes(), w.seq, w.rows);
     drop(w);
@@ -242,7 +281,7 @@ fn replicate(ctx: &Ctx, kind: Kind, args: &WriteArgs, uuid: &str) -> Result<Run>
         Ok((_, d)) => format!("**NO**: restored {d}, source {source_digest}"),
         Err(e) => format!("**restore failed**: {e:#}"),
     };
-    let _ = std::fs::remove_file(&out);
+    remove_db(&out);
     eprintln!("  verify: {verify}");
     Ok(Run {
         kind,
@@ -254,6 +293,7 @@ fn replicate(ctx: &Ctx, kind: Kind, args: &WriteArgs, uuid: &str) -> Result<Run>
         write_s,
         catchup_s,
         cpu_s,
+        tail_cpu_s,
         after,
         source_digest,
         verify,
@@ -289,7 +329,7 @@ fn restore_once(
     out: &Path,
     logdir: &Path,
 ) -> Result<(Duration, Digest)> {
-    let _ = std::fs::remove_file(out);
+    remove_db(out);
     let url = format!("file://{}", replica.display());
     let mut cmd;
     match r {
@@ -314,6 +354,17 @@ fn restore_once(
     }
     let d = sqlite::digest(out)?;
     Ok((took, d))
+}
+
+/// Removes a database file and its sidecars (reading a restored WAL-mode database leaves `-shm`
+/// and `-wal` behind, and both restorers refuse an output with sidecars).
+fn remove_db(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    for ext in ["-wal", "-shm", "-journal"] {
+        let mut s = p.as_os_str().to_owned();
+        s.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(s));
+    }
 }
 
 fn restore_stage(ctx: &Ctx, args: &WriteArgs, runs: &[Run]) -> Result<String> {
@@ -364,7 +415,7 @@ fn restore_stage(ctx: &Ctx, args: &WriteArgs, runs: &[Run]) -> Result<String> {
                     }
                 }
             }
-            let _ = std::fs::remove_file(&out);
+            remove_db(&out);
             times.sort_by(f64::total_cmp);
             let (t, rate) = if times.is_empty() {
                 ("—".to_string(), "—".to_string())
