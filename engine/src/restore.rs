@@ -276,12 +276,13 @@ fn check_output(out: &Path, force: bool) -> Result<(), RestoreError> {
         return Ok(());
     }
     let non_empty = |p: &Path| fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false);
-    if non_empty(out)
-        || ["-wal", "-shm", "-journal"]
-            .iter()
-            .any(|s| sibling(out, s).exists())
-    {
+    if non_empty(out) {
         return Err(RestoreError::OutputExists(out.to_path_buf()));
+    }
+    // A leftover WAL would be applied to the restored file by the next SQLite open: name it.
+    let sidecars = ["-wal", "-shm", "-journal"].map(|s| sibling(out, s));
+    if let Some(side) = sidecars.into_iter().find(|p| p.exists()) {
+        return Err(RestoreError::OutputExists(side));
     }
     Ok(())
 }
