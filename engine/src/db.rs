@@ -273,22 +273,28 @@ impl Db {
         self.check_identity()?;
         if *proof == Proof::ReadLock && self.read_tx.get() {
             // Fast path: no lock needed, the read mark pins what we compare against.
-            if let Some(plan) = self.plan(pos, proof)? {
-                return self.ship(plan, pos, staging);
-            }
-            return Ok(None);
+            return self.plan_and_ship(pos, proof, staging);
         }
         // Unproven history: verify under the write lock so the WAL cannot move while we look.
         let lock = self.begin_write()?;
         self.acquire_read()?;
-        let plan = self.plan(pos, proof)?;
-        let out = match plan {
-            Some(plan) => self.ship(plan, pos, staging)?,
-            None => None,
-        };
+        let out = self.plan_and_ship(pos, proof, staging)?;
         drop(lock);
         *proof = Proof::ReadLock;
         Ok(out)
+    }
+
+    /// Ships whatever [`Db::plan`] says the next L0 must contain, if anything.
+    fn plan_and_ship(
+        &self,
+        pos: &mut Position,
+        proof: &Proof,
+        staging: &Staging,
+    ) -> Result<Option<StagedLtx>> {
+        match self.plan(pos, proof)? {
+            Some(plan) => self.ship(plan, pos, staging),
+            None => Ok(None),
+        }
     }
 
     /// Decides what the next L0 must contain.
@@ -609,11 +615,7 @@ impl Db {
         self.check_identity()?;
         let lock = self.begin_write()?;
         self.acquire_read()?;
-        let plan = self.plan(pos, proof)?;
-        let staged = match plan {
-            Some(plan) => self.ship(plan, pos, staging)?,
-            None => None,
-        };
+        let staged = self.plan_and_ship(pos, proof, staging)?;
         self.release_read()?;
         let r: Result<(i64, i64, i64)> = self
             .reader
@@ -667,11 +669,7 @@ impl Db {
         self.check_identity()?;
         let lock = self.begin_write()?;
         self.acquire_read()?;
-        let plan = self.plan(pos, proof)?;
-        let staged = match plan {
-            Some(plan) => self.ship(plan, pos, staging)?,
-            None => None,
-        };
+        let staged = self.plan_and_ship(pos, proof, staging)?;
         let before = data_version(&self.writer, &self.path)?;
         self.release_read()?;
         drop(lock);
@@ -1274,8 +1272,7 @@ mod tests {
         let mut f = Fixture::new();
         f.write(5);
         let (mut pos, mut proof) = (Position::default(), Proof::None);
-        let db = Db::open(&f.db, DbConfig::default()).unwrap();
-        let mut db = db;
+        let mut db = Db::open(&f.db, DbConfig::default()).unwrap();
         db.sync(&mut pos, &mut proof, &f.staging).unwrap();
         db.seal_and_close(&mut pos, &mut proof, &f.staging).unwrap();
         // While we are away the app writes, truncates (a second restart) and writes again.
