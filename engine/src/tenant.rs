@@ -415,14 +415,7 @@ async fn step(
     cold.pos = Some(pos.clone());
     cold.proof = proof;
     if !staged.is_empty() {
-        let now = SystemTime::now();
-        ctx.status.update(|s| {
-            s.local_txid = pos.txid;
-            s.last_sync = Some(now);
-            if s.pending_since.is_none() {
-                s.pending_since = Some(now);
-            }
-        });
+        note_staged(ctx, pos.txid);
     }
     // 4. Upload whatever is staged beyond the replica position.
     upload(ctx, cold).await?;
@@ -660,7 +653,20 @@ async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepErr
         .await
         .map_err(|e| StepError::Join(e.to_string()))??;
     if staged.is_some() {
+        note_staged(ctx, txid);
         upload(ctx, cold).await?;
     }
     Ok(())
+}
+
+/// Records that local staging now ends at `txid`, not yet all uploaded.
+fn note_staged(ctx: &TenantCtx, txid: u64) {
+    let now = SystemTime::now();
+    ctx.status.update(|s| {
+        s.local_txid = txid;
+        s.last_sync = Some(now);
+        if s.pending_since.is_none() {
+            s.pending_since = Some(now);
+        }
+    });
 }

@@ -449,3 +449,32 @@ async fn restarting_with_sealed_tenants_ships_nothing_and_stays_incremental() {
     );
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
+
+/// A commit that only the seal finds (no wake: the tenant goes idle on its own) is shipped, and
+/// the status the dashboard shows agrees: local and replicated positions equal, nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_found_while_going_idle_is_shipped_and_reported() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let cancel = CancellationToken::new();
+    let store = h.store(&cancel);
+    let mut seq = 0;
+    write_txn(&app, &mut seq, 5);
+    store.register(ID, &h.db).unwrap();
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    // Written while hot, never announced: only going cold (the seal) picks it up.
+    write_txn(&app, &mut seq, 5);
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    let start = std::time::Instant::now();
+    loop {
+        let s = store.status(ID).unwrap();
+        if s.state == engine::tenant::State::Idle && s.pending_since.is_none() {
+            assert_eq!(s.local_txid, s.replicated_txid, "{s:?}");
+            assert!(s.local_txid >= 2, "{s:?}");
+            break;
+        }
+        assert!(start.elapsed() < CATCH_UP, "never idle: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}
