@@ -23,7 +23,105 @@ pub struct StatusResponse {
     /// Files in the watch directories whose names are not tenant names (each reported once).
     #[serde(default)]
     pub ignored_files: u64,
+    /// Tenants in state `error`.
+    #[serde(default)]
+    pub error_clients: u64,
+    /// The largest `lagSeconds` among all tenants (not only the listed page); `None` = no tenant.
+    #[serde(default)]
+    pub worst_lag_seconds: Option<f64>,
+    /// Sum of `bytesUploaded` over all tenants since start.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
+    /// How many tenants match `q` and `status` before `offset`/`limit` cut the page; equals
+    /// `totalClients` without filters.
+    #[serde(default)]
+    pub matched_clients: u64,
+    /// The page: all matching tenants when no `limit` is given (the seed's behaviour).
     pub clients: Vec<ClientStatus>,
+}
+
+/// Query of `GET /api/status`; every field optional. Bad values are a 400 [`ApiError`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusQuery {
+    /// Rows to skip after filtering and sorting.
+    pub offset: Option<u64>,
+    /// Page size, 1..=10000 (absent: no limit).
+    pub limit: Option<u64>,
+    /// Case-insensitive substring of the client id or database path.
+    pub q: Option<String>,
+    /// One of the state names of [`ClientStatus`].
+    pub status: Option<String>,
+    /// `id` (default), `lag`, `lastSync`, `size` (bytes uploaded), `status`; a leading `-`
+    /// reverses it.
+    pub sort: Option<String>,
+}
+
+/// `GET /api/clients/{id}`: one tenant with what an operator needs to restore it. The
+/// [`ClientStatus`] fields sit at the top level (flattened), as `/api/clients/{id}` always had.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientDetail {
+    #[serde(flatten)]
+    pub client: ClientStatus,
+    /// What the replica can restore to; `None` while nothing is replicated (or not yet known).
+    pub restore_window: Option<RestoreWindow>,
+    /// The replica's LTX files, per level (0 = per sync, 1-3 compactions, 9 = snapshots).
+    pub levels: Vec<LevelFiles>,
+    pub restore_commands: RestoreCommands,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreWindow {
+    /// RFC 3339: the earliest `-timestamp` that restores.
+    pub earliest_at: String,
+    /// RFC 3339: the time of the newest replicated transaction.
+    pub latest_at: String,
+    /// 16 hex digits.
+    pub min_txid: String,
+    pub max_txid: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelFiles {
+    pub level: u32,
+    pub files: Vec<LtxFile>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LtxFile {
+    pub min_txid: String,
+    pub max_txid: String,
+    pub size: u64,
+    /// RFC 3339 timestamp of the newest transaction in the file.
+    pub created_at: String,
+}
+
+/// Copy-paste commands that restore this tenant (secrets never appear in them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreCommands {
+    /// `litestream restore -o <out> <replica URL>` (with `env -u AWS_CA_BUNDLE` hints left out).
+    pub litestream: String,
+    /// `litestream-manager restore -o <out> <replica URL>`.
+    pub manager: String,
+}
+
+/// Every API error: a JSON body with a stable shape, e.g.
+/// `{"error":{"code":"bad_request","message":"limit must be 1..=10000"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: ApiErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorDetail {
+    /// Machine-readable: `not_found`, `bad_request`, ...
+    pub code: String,
+    pub message: String,
 }
 
 /// One tenant (= one database file) as the dashboard sees it.
@@ -89,6 +187,12 @@ pub enum WsMessage {
         uptime: String,
         uptime_seconds: u64,
         s3_status: String,
+        #[serde(default)]
+        error_clients: u64,
+        #[serde(default)]
+        worst_lag_seconds: Option<f64>,
+        #[serde(default)]
+        bytes_uploaded: u64,
     },
 }
 
@@ -125,6 +229,10 @@ mod tests {
             uptime_seconds: 3723,
             s3_status: "ok".into(),
             ignored_files: 2,
+            error_clients: 0,
+            worst_lag_seconds: Some(0.5),
+            bytes_uploaded: 4096,
+            matched_clients: 1,
             clients: vec![client()],
         };
         let value = serde_json::to_value(&status).unwrap();
@@ -139,6 +247,10 @@ mod tests {
                 "uptimeSeconds": 3723,
                 "s3Status": "ok",
                 "ignoredFiles": 2,
+                "errorClients": 0,
+                "worstLagSeconds": 0.5,
+                "bytesUploaded": 4096,
+                "matchedClients": 1,
                 "clients": [{
                     "clientId": "0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11",
                     "databasePath": "/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.db",
@@ -187,9 +299,13 @@ mod tests {
                     uptime: "3s".into(),
                     uptime_seconds: 3,
                     s3_status: "ok".into(),
+                    error_clients: 1,
+                    worst_lag_seconds: Some(0.5),
+                    bytes_uploaded: 10,
                 },
                 json!({"type": "summary", "totalClients": 2, "activeClients": 1,
-                       "uptime": "3s", "uptimeSeconds": 3, "s3Status": "ok"}),
+                       "uptime": "3s", "uptimeSeconds": 3, "s3Status": "ok",
+                       "errorClients": 1, "worstLagSeconds": 0.5, "bytesUploaded": 10}),
             ),
         ];
         for (msg, expected) in cases {

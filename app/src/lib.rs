@@ -21,7 +21,10 @@ mod live;
 pub mod server_fns;
 pub mod state;
 
-pub use api::{ClientStatus, StatusResponse, WsMessage};
+pub use api::{
+    ApiErrorBody, ApiErrorDetail, ClientDetail, ClientStatus, LevelFiles, LtxFile, RestoreCommands,
+    RestoreWindow, StatusQuery, StatusResponse, WsMessage,
+};
 pub use components::App;
 #[cfg(feature = "ssr")]
 pub use server_fns::DashboardBackend;

@@ -89,6 +89,7 @@ impl DashboardState {
                 uptime,
                 uptime_seconds: _,
                 s3_status,
+                ..
             } => {
                 self.total_clients = total_clients;
                 self.active_clients = active_clients;
@@ -253,6 +254,9 @@ mod tests {
             uptime: "2m0s".into(),
             uptime_seconds: 120,
             s3_status: "ok".into(),
+            error_clients: 0,
+            worst_lag_seconds: None,
+            bytes_uploaded: 0,
         });
         assert_eq!((state.total_clients, state.active_clients), (7, 3));
         assert_eq!(state.uptime, "2m0s");

@@ -31,10 +31,16 @@ pub struct AppState {
 impl AppState {
     pub fn status(&self) -> StatusResponse {
         let clients: Vec<ClientStatus> = self.store.statuses().iter().map(client_dto).collect();
-        let active = clients
+        let errors = clients
             .iter()
-            .filter(|c| c.status != ClientStatus::ERROR)
+            .filter(|c| c.status == ClientStatus::ERROR)
             .count() as u64;
+        let active = clients.len() as u64 - errors;
+        let worst_lag_seconds = clients
+            .iter()
+            .filter_map(|c| c.lag_seconds)
+            .max_by(f64::total_cmp);
+        let bytes_uploaded = clients.iter().map(|c| c.bytes_uploaded).sum();
         let up = self.started.elapsed().as_secs();
         StatusResponse {
             bucket: self.bucket.clone(),
@@ -49,6 +55,10 @@ impl AppState {
                 .map(|s| s.clone())
                 .unwrap_or_default(),
             ignored_files: self.ignored.lock().map(|i| i.count() as u64).unwrap_or(0),
+            error_clients: errors,
+            worst_lag_seconds,
+            bytes_uploaded,
+            matched_clients: clients.len() as u64,
             clients,
         }
     }
@@ -61,6 +71,9 @@ impl AppState {
             uptime: s.uptime,
             uptime_seconds: s.uptime_seconds,
             s3_status: s.s3_status,
+            error_clients: s.error_clients,
+            worst_lag_seconds: s.worst_lag_seconds,
+            bytes_uploaded: s.bytes_uploaded,
         }
     }
 }
