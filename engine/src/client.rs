@@ -8,7 +8,7 @@
 pub mod fs;
 pub mod s3;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
@@ -206,6 +206,46 @@ impl Replica {
         }
     }
 
+    /// Stores the LTX file at `path` (left in place) without reading it into memory.
+    pub async fn write_file(
+        &self,
+        level: u8,
+        name: LtxFileName,
+        path: &Path,
+        created_at: SystemTime,
+        cancel: &CancellationToken,
+    ) -> Result<LtxInfo, ClientError> {
+        match self {
+            Replica::Fs(c) => guard(cancel, c.write_file(level, name, path, created_at)).await,
+            Replica::S3(c) => guard(cancel, c.write_file(level, name, path, created_at)).await,
+        }
+    }
+
+    /// The LTX file as a local file, for streaming reads: the replica's own file (fs), or a
+    /// download into `scratch` (S3), removed when the [`LocalLtx`] is dropped.
+    pub async fn fetch_local(
+        &self,
+        info: &LtxInfo,
+        scratch: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<LocalLtx, ClientError> {
+        match self {
+            Replica::Fs(c) => Ok(LocalLtx {
+                path: c.path_of(info.level, info.name()),
+                temporary: false,
+            }),
+            Replica::S3(c) => {
+                std::fs::create_dir_all(scratch).map_err(|e| ClientError::io(scratch, e))?;
+                let local = LocalLtx {
+                    path: scratch.join(format!("{:04x}-{}.download", info.level, info.name())),
+                    temporary: true,
+                };
+                guard(cancel, c.read_to_file(info.level, info.name(), &local.path)).await?;
+                Ok(local)
+            }
+        }
+    }
+
     pub async fn delete(
         &self,
         files: &[LtxInfo],
@@ -214,6 +254,35 @@ impl Replica {
         match self {
             Replica::Fs(c) => guard(cancel, c.delete(files)).await,
             Replica::S3(c) => guard(cancel, c.delete(files)).await,
+        }
+    }
+}
+
+/// A replica file readable on the local disk; see [`Replica::fetch_local`].
+#[derive(Debug)]
+pub struct LocalLtx {
+    pub path: PathBuf,
+    temporary: bool,
+}
+
+impl LocalLtx {
+    /// A local file of ours, removed when dropped.
+    pub fn temporary(path: PathBuf) -> Self {
+        LocalLtx {
+            path,
+            temporary: true,
+        }
+    }
+
+    pub fn open(&self) -> Result<std::fs::File, ClientError> {
+        std::fs::File::open(&self.path).map_err(|e| ClientError::io(&self.path, e))
+    }
+}
+
+impl Drop for LocalLtx {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

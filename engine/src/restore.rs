@@ -179,6 +179,7 @@ pub async fn restore(
     let plan = plan(&files, &opts.target, &replica.url())?;
     let tmp = sibling(out, ".tmp");
     let result = apply(replica, &plan, &tmp, cancel).await;
+    let _ = fs::remove_dir(sibling(&tmp, ".download"));
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -221,15 +222,20 @@ async fn apply(
     let mut commit = 0u32;
     let mut txid = Txid(0);
     let mut bytes = 0u64;
+    // Files are streamed from disk (fs: the replica's own files; S3: one download at a time
+    // next to the output), so memory does not grow with the database.
+    let scratch = sibling(tmp, ".download");
     for info in plan {
-        let data = replica.read(info, cancel).await?;
-        bytes += data.len() as u64;
+        let local = replica.fetch_local(info, &scratch, cancel).await?;
+        let input = local.open()?;
+        bytes += input.metadata().map(|m| m.len()).unwrap_or(0);
         let file = format!("level {} {}", info.level, info.name());
         let corrupt = |source| RestoreError::Corrupt {
             file: file.clone(),
             source,
         };
-        let mut dec = ltx::Decoder::new(&data[..]).map_err(corrupt)?;
+        let mut dec = ltx::Decoder::new(std::io::BufReader::with_capacity(256 * 1024, input))
+            .map_err(corrupt)?;
         let hdr = dec.header().clone();
         if page_size == 0 {
             page_size = hdr.page_size;
@@ -253,6 +259,7 @@ async fn apply(
             out.write_all_at(&buf, off).map_err(|e| io(tmp, e))?;
         }
         dec.finish().map_err(corrupt)?;
+        drop(local);
         commit = hdr.commit;
         txid = hdr.max_txid;
     }

@@ -251,6 +251,7 @@ impl Store {
                 &remote,
                 cfg,
                 &store.inner.shared.uploads,
+                &store.inner.config.state_dir.join(&id).join("scratch"),
                 &cancel,
             )
             .await;
@@ -488,6 +489,16 @@ impl Store {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// The replica's LTX files of `id` as this process knows them: listed once when the tenant
+    /// first went hot, then kept up to date by its own uploads, compactions and deletions. Sends
+    /// no request. `None`: no such tenant, or its replica was not listed yet (it has not been hot
+    /// since start). Waits while the tenant's upload or maintenance step holds the index.
+    pub async fn replica_files(&self, id: &str) -> Option<Vec<crate::client::LtxInfo>> {
+        let remote = self.lock().get(id)?.remote.clone();
+        let index = remote.lock().await;
+        index.as_ref().map(|ix| ix.all().cloned().collect())
     }
 
     pub fn ids(&self) -> Vec<(String, PathBuf)> {

@@ -10,7 +10,7 @@
 //! removed locally only once the replica holds them (the newest one is kept: it anchors the chain
 //! after a restart).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{LtxInfo, Replica, SNAPSHOT_LEVEL};
+use crate::client::{ClientError, LocalLtx, LtxInfo, Replica, SNAPSHOT_LEVEL};
 use crate::compact::{self, CompactionConfig, Index, Job};
 use crate::db::{Db, DbConfig, Position, Proof, Staging, SyncError};
 use crate::ltx::{LtxFileName, Txid};
@@ -510,31 +510,30 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
             );
         }
         let path = ctx.staging.path_of(txid);
-        let data = tokio::fs::read(&path)
-            .await
-            .map_err(|e| crate::client::ClientError::io(&path, e))?;
-        let hdr = crate::ltx::Header::decode(&data).map_err(SyncError::Ltx)?;
+        let hdr = read_header(&path).await?;
         let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64);
-        let size = data.len() as u64;
         let permit = ctx
             .shared
             .uploads
             .acquire()
             .await
             .map_err(|e| StepError::Join(e.to_string()))?;
+        // Streamed from the staged file: a full snapshot of a large database never sits in
+        // memory.
         let info: LtxInfo = ctx
             .replica
-            .write(
+            .write_file(
                 0,
                 LtxFileName {
                     min: txid,
                     max: txid,
                 },
-                data,
+                &path,
                 ts,
                 &ctx.cancel,
             )
             .await?;
+        let size = info.size;
         drop(permit);
         replicated = info.max.0;
         index.insert(info);
@@ -562,19 +561,35 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
 }
 
 /// Runs the compactions, snapshots and deletions due now; returns when to run again.
+///
+/// The tenant's replica index is locked only to plan and to record results, never across
+/// I/O: uploads of new L0 files go on while a large compaction runs. Jobs only ever touch
+/// files that existed when they were planned, and new uploads only add files above them, so
+/// the two never conflict. `scratch` holds downloads and merge outputs (emptied first: what a
+/// crash left there is garbage).
 pub(crate) async fn maintain(
     id: &str,
     replica: &Replica,
     remote: &RemoteState,
     cfg: &CompactionConfig,
     uploads: &Semaphore,
+    scratch: &Path,
     cancel: &CancellationToken,
 ) -> Result<Option<SystemTime>, StepError> {
-    let mut guard = remote.lock().await;
-    let Some(index) = guard.as_mut() else {
-        return Ok(None);
+    let (jobs, next) = {
+        let guard = remote.lock().await;
+        let Some(index) = guard.as_ref() else {
+            return Ok(None);
+        };
+        compact::plan(index, cfg, SystemTime::now())
     };
-    let (jobs, next) = compact::plan(index, cfg, SystemTime::now());
+    if !jobs.is_empty() {
+        match tokio::fs::remove_dir_all(scratch).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ClientError::io(scratch, e).into()),
+        }
+    }
     for job in jobs {
         let _permit = uploads
             .acquire()
@@ -582,24 +597,35 @@ pub(crate) async fn maintain(
             .map_err(|e| StepError::Join(e.to_string()))?;
         match job {
             Job::Compact { level, inputs } => {
-                let info = merge_and_write(replica, &inputs, level, false, cancel).await?;
+                let info = merge_and_write(replica, &inputs, level, false, scratch, cancel).await?;
                 tracing::debug!(client = %id, level, min = %info.min, max = %info.max, "compacted");
-                index.insert(info);
+                if let Some(index) = remote.lock().await.as_mut() {
+                    index.insert(info);
+                }
             }
             Job::Snapshot { inputs } => {
-                let info = merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, cancel).await?;
+                let info = merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, scratch, cancel)
+                    .await?;
                 tracing::debug!(client = %id, max = %info.max, "snapshot written");
-                index.insert(info);
+                if let Some(index) = remote.lock().await.as_mut() {
+                    index.insert(info);
+                }
             }
             Job::Delete(files) => {
                 replica.delete(&files, cancel).await?;
-                for f in &files {
-                    index.remove(f);
+                if let Some(index) = remote.lock().await.as_mut() {
+                    for f in &files {
+                        index.remove(f);
+                    }
                 }
             }
         }
     }
     // Whatever the jobs produced may make more work due (e.g. retention after a snapshot).
+    let guard = remote.lock().await;
+    let Some(index) = guard.as_ref() else {
+        return Ok(None);
+    };
     let (more, later) = compact::plan(index, cfg, SystemTime::now());
     let again = if more.is_empty() {
         next.into_iter().chain(later).min()
@@ -609,29 +635,77 @@ pub(crate) async fn maintain(
     Ok(again)
 }
 
+/// Merges `inputs` into one file of `level` and stores it. Streams from disk to disk: the
+/// inputs are read from the replica's files (fs) or downloads in `scratch` (S3), the output is
+/// written to `scratch` and uploaded from there, so memory stays at a few buffers whatever the
+/// sizes.
 async fn merge_and_write(
     replica: &Replica,
     inputs: &[LtxInfo],
     level: u8,
     snapshot: bool,
+    scratch: &Path,
     cancel: &CancellationToken,
 ) -> Result<LtxInfo, StepError> {
-    let mut readers: Vec<Box<dyn std::io::Read + Send>> = Vec::with_capacity(inputs.len());
+    let mut locals = Vec::with_capacity(inputs.len());
     for f in inputs {
-        let data = replica.read(f, cancel).await?;
-        readers.push(Box::new(std::io::Cursor::new(data)));
+        locals.push(replica.fetch_local(f, scratch, cancel).await?);
     }
-    let (out, header) =
-        tokio::task::spawn_blocking(move || compact::merge(readers, Vec::new(), snapshot))
-            .await
-            .map_err(|e| StepError::Join(e.to_string()))?
-            .map_err(SyncError::Ltx)?;
+    let (first, last) = (inputs.first(), inputs.last());
+    let out = LocalLtx::temporary(scratch.join(format!(
+        "{level:04x}-{}-{}.merge",
+        first.map(|f| f.min).unwrap_or_default(),
+        last.map(|f| f.max).unwrap_or_default()
+    )));
+    let out_path = out.path.clone();
+    let header = tokio::task::spawn_blocking(move || -> Result<_, StepError> {
+        let mut readers: Vec<Box<dyn std::io::Read + Send>> = Vec::with_capacity(locals.len());
+        for l in &locals {
+            readers.push(Box::new(std::io::BufReader::with_capacity(
+                IO_BUFFER,
+                l.open()?,
+            )));
+        }
+        std::fs::create_dir_all(scratch_of(&out_path))
+            .map_err(|e| ClientError::io(&out_path, e))?;
+        let file = std::fs::File::create(&out_path).map_err(|e| ClientError::io(&out_path, e))?;
+        let writer = std::io::BufWriter::with_capacity(IO_BUFFER, file);
+        let (writer, header) = compact::merge(readers, writer, snapshot).map_err(SyncError::Ltx)?;
+        writer
+            .into_inner()
+            .map_err(|e| ClientError::io(&out_path, e.into_error()))?;
+        Ok(header)
+    })
+    .await
+    .map_err(|e| StepError::Join(e.to_string()))??;
     let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(header.timestamp_ms.max(0) as u64);
     let name = LtxFileName {
         min: header.min_txid,
         max: header.max_txid,
     };
-    Ok(replica.write(level, name, out, ts, cancel).await?)
+    Ok(replica
+        .write_file(level, name, &out.path, ts, cancel)
+        .await?)
+}
+
+/// Buffer size of streamed LTX reads and writes.
+const IO_BUFFER: usize = 256 * 1024;
+
+fn scratch_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// The header of a local LTX file, for its timestamp.
+async fn read_header(path: &Path) -> Result<crate::ltx::Header, StepError> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; crate::ltx::HEADER_SIZE];
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| ClientError::io(path, e))?;
+    f.read_exact(&mut buf)
+        .await
+        .map_err(|e| ClientError::io(path, e))?;
+    Ok(crate::ltx::Header::decode(&buf).map_err(SyncError::Ltx)?)
 }
 
 async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepError> {

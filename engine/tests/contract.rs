@@ -304,6 +304,86 @@ async fn large_file_roundtrips_via_multipart(f: &Fixture) {
     );
 }
 
+/// The streaming paths the engine uses for large files: `write_file` from a local file (left in
+/// place) and `fetch_local` (S3: a download in the scratch dir, removed on drop).
+async fn streamed_file_roundtrips(f: &Fixture) {
+    let c = CancellationToken::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = payload(7, 11 * 1024 * 1024 + 999);
+    let src = tmp.path().join("src.ltx");
+    std::fs::write(&src, &data).unwrap();
+    let before = match &f.raw {
+        Raw::S3 { client, .. } => Some(client.request_counts()),
+        Raw::Fs { .. } => None,
+    };
+    let t = header_time(20);
+    let info = f
+        .replica
+        .write_file(1, name(3, 9), &src, t, &c)
+        .await
+        .unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert!(src.exists(), "the source file stays");
+    if let (Raw::S3 { client, .. }, Some(before)) = (&f.raw, before) {
+        let n = client.request_counts().since(&before);
+        assert_eq!(
+            (n.put, n.upload_part, n.complete_multipart),
+            (0, 3, 1),
+            "{n:?}"
+        );
+    }
+    let listed = f.replica.list(1, &c).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let exact = f.replica.list_with_timestamps(&c).await.unwrap();
+    assert_eq!(exact.iter().find(|i| i.level == 1).unwrap().created_at, t);
+    let scratch = tmp.path().join("scratch");
+    let local = f
+        .replica
+        .fetch_local(&listed[0], &scratch, &c)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&local.path).unwrap() == data,
+        "streamed roundtrip differs"
+    );
+    let path = local.path.clone();
+    drop(local);
+    match &f.raw {
+        Raw::S3 { .. } => assert!(!path.exists(), "the download is removed on drop"),
+        Raw::Fs { .. } => assert!(path.exists(), "the replica's own file is never removed"),
+    }
+    // A small file takes one PutObject.
+    std::fs::write(&src, b"small").unwrap();
+    let info = f
+        .replica
+        .write_file(1, name(10, 10), &src, t, &c)
+        .await
+        .unwrap();
+    assert_eq!(info.size, 5);
+    let missing = f
+        .replica
+        .fetch_local(
+            &LtxInfo {
+                min: Txid(99),
+                max: Txid(99),
+                ..info.clone()
+            },
+            &scratch,
+            &c,
+        )
+        .await;
+    match (&f.raw, missing) {
+        (Raw::S3 { .. }, Err(e)) => assert!(matches!(e, ClientError::NotFound(_)), "{e}"),
+        // fs: the path is handed out as is; opening it reports the missing file.
+        (Raw::Fs { .. }, Ok(l)) => assert!(l
+            .open()
+            .unwrap_err()
+            .to_string()
+            .contains("0000000000000063")),
+        (_, other) => panic!("unexpected: {other:?}"),
+    }
+}
+
 async fn missing_file_is_not_found(f: &Fixture) {
     let c = CancellationToken::new();
     let ghost = LtxInfo {
@@ -364,6 +444,7 @@ contract!(
     listing_ignores_junk_names,
     created_at_is_the_header_timestamp,
     large_file_roundtrips_via_multipart,
+    streamed_file_roundtrips,
     missing_file_is_not_found,
     cancelled_calls_return_cancelled,
 );

@@ -71,6 +71,38 @@ impl FsReplica {
         .await
     }
 
+    /// Like [`FsReplica::write`], copying the file at `src` (which stays in place) without
+    /// holding it in memory.
+    pub async fn write_file(
+        &self,
+        level: u8,
+        name: LtxFileName,
+        src: &Path,
+        created_at: SystemTime,
+    ) -> Result<LtxInfo, ClientError> {
+        let dir = self.level_dir(level);
+        let src = src.to_path_buf();
+        blocking(move || {
+            let path = dir.join(name.to_string());
+            let size = copy_durably(&src, &path)?;
+            let mtime = filetime::FileTime::from_system_time(created_at);
+            filetime::set_file_times(&path, mtime, mtime).map_err(|e| ClientError::io(&path, e))?;
+            Ok(LtxInfo {
+                level,
+                min: name.min,
+                max: name.max,
+                size,
+                created_at,
+            })
+        })
+        .await
+    }
+
+    /// Where the file of `level`/`name` lives (it may not exist).
+    pub fn path_of(&self, level: u8, name: LtxFileName) -> PathBuf {
+        self.level_dir(level).join(name.to_string())
+    }
+
     pub async fn delete(&self, files: &[LtxInfo]) -> Result<(), ClientError> {
         let paths: Vec<PathBuf> = files
             .iter()
@@ -148,6 +180,29 @@ pub fn write_durably(path: &Path, data: &[u8]) -> Result<(), ClientError> {
         return Err(ClientError::io(path, e));
     }
     Ok(())
+}
+
+/// [`write_durably`] with the content of the file `src`, copied by the kernel; returns its size.
+fn copy_durably(src: &Path, path: &Path) -> Result<u64, ClientError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut input = fs::File::open(src).map_err(|e| ClientError::io(src, e))?;
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        let n = std::io::copy(&mut input, &mut f)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(n)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ClientError::io(path, e)
+    })
 }
 
 async fn blocking<T: Send + 'static>(

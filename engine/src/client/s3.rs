@@ -26,7 +26,7 @@ mod metrics;
 mod transport;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -595,6 +595,65 @@ impl S3Replica {
         }
     }
 
+    /// Downloads the object into `dest` (created or truncated), streaming: memory stays at one
+    /// body chunk. A body cut off mid-way is fetched again, as in [`S3Replica::read`].
+    pub async fn read_to_file(
+        &self,
+        level: u8,
+        name: LtxFileName,
+        dest: &Path,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt as _;
+        let key = self.key(level, name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let out = self
+                .client
+                .inner
+                .s3
+                .get_object()
+                .bucket(&self.client.inner.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.client.classify(e, "GetObject", &key))?;
+            let expected = out.content_length();
+            let mut file = tokio::fs::File::create(dest)
+                .await
+                .map_err(|e| ClientError::io(dest, e))?;
+            let mut body = out.body;
+            let mut got = 0u64;
+            let err = loop {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => {
+                        file.write_all(&chunk)
+                            .await
+                            .map_err(|e| ClientError::io(dest, e))?;
+                        got += chunk.len() as u64;
+                    }
+                    Ok(None) => match expected {
+                        Some(n) if n >= 0 && n as u64 != got => {
+                            break format!("got {got} of {n} bytes")
+                        }
+                        _ => {
+                            file.flush().await.map_err(|e| ClientError::io(dest, e))?;
+                            return Ok(got);
+                        }
+                    },
+                    Err(e) => break format!("body cut off: {}", error_chain(&e)),
+                }
+            };
+            if attempt >= READ_ATTEMPTS {
+                return Err(ClientError::Unavailable(format!(
+                    "GetObject {}: {err} (after {attempt} attempts)",
+                    self.client.object_url(&key)
+                )));
+            }
+            tokio::time::sleep(INITIAL_BACKOFF * 2u32.pow(attempt - 1)).await;
+        }
+    }
+
     /// Stores a whole LTX file with `litestream-timestamp` = `created_at`: one `PutObject`, or a
     /// multipart upload for files over [`PART_SIZE`] (aborted if it fails or is cancelled).
     pub async fn write(
@@ -604,11 +663,39 @@ impl S3Replica {
         data: Vec<u8>,
         created_at: SystemTime,
     ) -> Result<LtxInfo, ClientError> {
+        self.write_from(level, name, Source::Bytes(data.into()), created_at)
+            .await
+    }
+
+    /// Like [`S3Replica::write`], streaming the file at `path` (which stays in place): memory
+    /// stays at [`PART_CONCURRENCY`] parts whatever the file's size.
+    pub async fn write_file(
+        &self,
+        level: u8,
+        name: LtxFileName,
+        path: &Path,
+        created_at: SystemTime,
+    ) -> Result<LtxInfo, ClientError> {
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| ClientError::io(path, e))?
+            .len();
+        self.write_from(level, name, Source::File(path, len), created_at)
+            .await
+    }
+
+    async fn write_from(
+        &self,
+        level: u8,
+        name: LtxFileName,
+        src: Source<'_>,
+        created_at: SystemTime,
+    ) -> Result<LtxInfo, ClientError> {
         let key = self.key(level, name);
         let ts = format_timestamp(created_at);
-        let size = data.len();
-        if size > PART_SIZE {
-            self.write_multipart(&key, &ts, data).await?;
+        let size = src.len();
+        if size > PART_SIZE as u64 {
+            self.write_multipart(&key, &ts, &src).await?;
         } else {
             self.client
                 .inner
@@ -618,7 +705,7 @@ impl S3Replica {
                 .key(&key)
                 .metadata(TIMESTAMP_METADATA, &ts)
                 .content_length(size as i64)
-                .body(ByteStream::from(data))
+                .body(src.body(0, size).await?)
                 .send()
                 .await
                 .map_err(|e| self.client.classify(e, "PutObject", &key))?;
@@ -627,12 +714,17 @@ impl S3Replica {
             level,
             min: name.min,
             max: name.max,
-            size: size as u64,
+            size,
             created_at,
         })
     }
 
-    async fn write_multipart(&self, key: &str, ts: &str, data: Vec<u8>) -> Result<(), ClientError> {
+    async fn write_multipart(
+        &self,
+        key: &str,
+        ts: &str,
+        src: &Source<'_>,
+    ) -> Result<(), ClientError> {
         let s3 = &self.client.inner.s3;
         let bucket = &self.client.inner.bucket;
         let created = s3
@@ -656,7 +748,7 @@ impl S3Replica {
             upload_id: upload_id.clone(),
             armed: true,
         };
-        match self.upload_parts(key, &upload_id, &data).await {
+        match self.upload_parts(key, &upload_id, src).await {
             Ok(()) => {
                 guard.disarm();
                 Ok(())
@@ -672,26 +764,29 @@ impl S3Replica {
         &self,
         key: &str,
         upload_id: &str,
-        data: &[u8],
+        src: &Source<'_>,
     ) -> Result<(), ClientError> {
         let s3 = &self.client.inner.s3;
         let bucket = &self.client.inner.bucket;
-        let part_size = PART_SIZE.max(data.len().div_ceil(MAX_PARTS));
-        // Collected first (see `with_timestamps`); each part's bytes are copied only when its
-        // future first runs, so at most PART_CONCURRENCY copies exist at once.
+        let total = src.len();
+        let part_size = (PART_SIZE as u64).max(total.div_ceil(MAX_PARTS as u64));
+        // Collected first (see `with_timestamps`); each part's body is built (bytes copied, or
+        // a file range opened) only when its future first runs, so at most PART_CONCURRENCY
+        // bodies exist at once.
         let mut uploads = Vec::new();
-        for (i, chunk) in data.chunks(part_size).enumerate() {
+        for (i, offset) in (0..total).step_by(part_size as usize).enumerate() {
             let number = i as i32 + 1;
+            let len = part_size.min(total - offset);
             let req = s3
                 .upload_part()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .content_length(chunk.len() as i64);
+                .content_length(len as i64);
             uploads.push(async move {
                 let out = req
-                    .body(ByteStream::from(chunk.to_vec()))
+                    .body(src.body(offset, len).await?)
                     .send()
                     .await
                     .map_err(|e| self.client.classify(e, "UploadPart", key))?;
@@ -735,14 +830,13 @@ impl S3Replica {
                     .send()
                     .await
                     .map_err(|e| self.client.classify(e, "HeadObject", key))?;
-                if head.content_length() == Some(data.len() as i64) {
+                if head.content_length() == Some(total as i64) {
                     Ok(())
                 } else {
                     Err(ClientError::Other(format!(
-                        "CompleteMultipartUpload {}: the store answered 200 but the object has {:?} bytes, not {}",
+                        "CompleteMultipartUpload {}: the store answered 200 but the object has {:?} bytes, not {total}",
                         self.client.object_url(key),
                         head.content_length(),
-                        data.len()
                     )))
                 }
             }
@@ -799,6 +893,38 @@ impl S3Replica {
             }
         }
         Ok(())
+    }
+}
+
+/// What [`S3Replica::write_from`] uploads: bytes in memory, or a local file of known length.
+enum Source<'a> {
+    Bytes(bytes::Bytes),
+    File(&'a Path, u64),
+}
+
+impl Source<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Bytes(b) => b.len() as u64,
+            Source::File(_, len) => *len,
+        }
+    }
+
+    /// The request body for `len` bytes at `offset`. A file body is re-readable, so the SDK
+    /// can retry the request with it.
+    async fn body(&self, offset: u64, len: u64) -> Result<ByteStream, ClientError> {
+        match self {
+            Source::Bytes(b) => Ok(ByteStream::from(
+                b.slice(offset as usize..(offset + len) as usize),
+            )),
+            Source::File(path, _) => ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(aws_sdk_s3::primitives::Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| ClientError::Other(format!("{}: {e}", path.display()))),
+        }
     }
 }
 
