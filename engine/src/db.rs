@@ -485,7 +485,8 @@ impl Db {
         let hdr = self.ltx_header(page_size, commit, txid, wal_offset, wal_size, hdr_salts);
         let lock = ltx::lock_page(page_size);
         let mut pending = staging.create(txid)?;
-        let mut enc = Encoder::new(BufWriter::new(pending.file()?), hdr.clone())?;
+        let mut enc = Encoder::new(BufWriter::new(pending.file()?), hdr.clone())
+            .map_err(|e| pending.ltx_err(e))?;
         let mut buf = vec![0u8; page_size as usize];
         for pgno in 1..=commit {
             if pgno == lock {
@@ -495,9 +496,10 @@ impl Db {
                 (Some(&off), Some(w)) => read_frame_page(w, off, &mut buf, &self.wal_path)?,
                 _ => read_db_page(&db, pgno, &mut buf, db_len, &self.path)?,
             }
-            enc.encode_page(pgno, &buf)?;
+            enc.encode_page(pgno, &buf)
+                .map_err(|e| pending.ltx_err(e))?;
         }
-        let (w, _) = enc.finish()?;
+        let (w, _) = enc.finish().map_err(|e| pending.ltx_err(e))?;
         pending.finish(w, hdr, true)?;
         pending.next = Some(Position {
             txid: txid.0,
@@ -544,7 +546,8 @@ impl Db {
             pgnos.sort_unstable();
         }
         let mut pending = staging.create(txid)?;
-        let mut enc = Encoder::new(BufWriter::new(pending.file()?), hdr.clone())?;
+        let mut enc = Encoder::new(BufWriter::new(pending.file()?), hdr.clone())
+            .map_err(|e| pending.ltx_err(e))?;
         let mut buf = vec![0u8; page_size as usize];
         for pgno in pgnos {
             if pgno == lock {
@@ -554,9 +557,10 @@ impl Db {
                 Some(&off) => read_frame_page(wal, off, &mut buf, &self.wal_path)?,
                 None => read_db_page(&db, pgno, &mut buf, db_len, &self.path)?,
             }
-            enc.encode_page(pgno, &buf)?;
+            enc.encode_page(pgno, &buf)
+                .map_err(|e| pending.ltx_err(e))?;
         }
-        let (w, _) = enc.finish()?;
+        let (w, _) = enc.finish().map_err(|e| pending.ltx_err(e))?;
         pending.finish(w, hdr, false)?;
         pending.next = Some(Position {
             txid: txid.0,
@@ -963,6 +967,15 @@ struct Pending {
 impl Pending {
     fn file(&mut self) -> Result<File> {
         self.file.take().ok_or_else(|| SyncError::Raced)
+    }
+
+    /// An encoder error while staging: an I/O error names the staging file (a full state disk
+    /// must say where), anything else stays an LTX error.
+    fn ltx_err(&self, e: ltx::LtxError) -> SyncError {
+        match e {
+            ltx::LtxError::Io(source) => io_err(&self.tmp, source),
+            e => SyncError::Ltx(e),
+        }
     }
 
     fn finish(&mut self, w: BufWriter<File>, hdr: Header, full: bool) -> Result<()> {

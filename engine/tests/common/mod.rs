@@ -491,3 +491,149 @@ impl Harness {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reliability suite (fights.rs, disk.rs, hostile.rs): an application that measures how long
+// SQLite made it wait, the real directory watcher driving the store, and row contents.
+
+/// The application's busy timeout in the reliability scenarios: it must never get SQLITE_BUSY.
+pub const APP_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an application connection saw: statements run, the longest one, and checkpoint calls
+/// that SQLite reported as blocked (`busy = 1`, not an error).
+#[derive(Clone, Debug, Default)]
+pub struct AppStats {
+    pub statements: u64,
+    pub commits: u64,
+    pub max_wait: Duration,
+    pub checkpoints: u64,
+    pub checkpoints_blocked: u64,
+}
+
+impl AppStats {
+    /// Runs one SQLite call, records its duration; any error (SQLITE_BUSY above all) fails the
+    /// test with what the app was doing and how long it had waited.
+    pub fn run<T>(&mut self, what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> T {
+        let start = Instant::now();
+        let r = f();
+        let took = start.elapsed();
+        self.statements += 1;
+        self.max_wait = self.max_wait.max(took);
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("the application failed after {took:?} on `{what}`: {e}"),
+        }
+    }
+
+    pub fn merge(&mut self, o: &AppStats) {
+        self.statements += o.statements;
+        self.commits += o.commits;
+        self.max_wait = self.max_wait.max(o.max_wait);
+        self.checkpoints += o.checkpoints;
+        self.checkpoints_blocked += o.checkpoints_blocked;
+    }
+}
+
+/// An application connection with the reliability suite's busy timeout, in WAL mode.
+pub fn app_conn_timed(path: &Path) -> Connection {
+    let c = app_conn(path);
+    c.busy_timeout(APP_BUSY_TIMEOUT).unwrap();
+    c
+}
+
+/// [`write_txn`] with `BEGIN IMMEDIATE` (the lock wait happens, and is timed, at BEGIN) and a
+/// random blob (incompressible: the LTX files are as large as the data).
+pub fn write_txn_timed(c: &Connection, stats: &mut AppStats, seq: &mut u64, rows: usize) {
+    stats.run("BEGIN IMMEDIATE", || c.execute_batch("BEGIN IMMEDIATE"));
+    for _ in 0..rows {
+        *seq += 1;
+        let n = (*seq * 7919 % 3000) as i64;
+        let v = format!("row-{seq}-{}", "x".repeat((n % 200) as usize));
+        stats.run("INSERT", || {
+            c.execute(
+                "INSERT INTO t(v, blob) VALUES (?1, randomblob(?2))",
+                rusqlite::params![v, n],
+            )
+        });
+    }
+    stats.run("COMMIT", || c.execute_batch("COMMIT"));
+    stats.commits += 1;
+}
+
+/// Every row of `t` with a 64-bit digest of its blob's bytes: equal digests mean equal contents.
+pub fn content(path: &Path) -> Vec<(i64, String, u64)> {
+    use std::hash::{Hash, Hasher};
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut st = c.prepare("SELECT id, v, blob FROM t ORDER BY id").unwrap();
+    let rows = st
+        .query_map([], |r| {
+            let blob: Option<Vec<u8>> = r.get(2)?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            blob.hash(&mut h);
+            Ok((r.get(0)?, r.get(1)?, h.finish()))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows
+}
+
+/// `PRAGMA integrity_check` of the source (read-only connection, the app's WAL included).
+pub fn assert_integrity(path: &Path) {
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.busy_timeout(APP_BUSY_TIMEOUT).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok", "integrity_check of the source {}", path.display());
+}
+
+impl Harness {
+    /// The real directory watcher on `clients/` (inotify; rescan once an hour), feeding `store`:
+    /// the store learns of writes the way it does in production.
+    pub async fn watch(
+        &self,
+        store: &Store,
+        cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let ignored = std::sync::Arc::new(std::sync::Mutex::new(
+            engine::watcher::IgnoredNames::default(),
+        ));
+        engine::watcher::spawn(
+            store.clone(),
+            vec![self.dir.path().join("clients")],
+            Duration::from_secs(3600),
+            cancel.child_token(),
+            ignored,
+        )
+        .await
+        .expect("watcher starts")
+    }
+
+    /// At the end of a scenario: the source passes integrity_check, our restore and
+    /// `litestream restore` both equal the source row for row and byte for byte in every blob.
+    /// Returns how long the replica took to catch up.
+    pub async fn assert_replica_equals_source(&self, timeout: Duration) -> Duration {
+        assert_integrity(&self.db);
+        let expected = dump(&self.db);
+        let start = Instant::now();
+        let ours = self.wait_replicated(&expected, timeout).await;
+        let caught_up = start.elapsed();
+        let want = content(&self.db);
+        assert_eq!(content(&ours), want, "our restore: blob contents differ");
+        let theirs = self.out("litestream.db");
+        let _ = std::fs::remove_file(&theirs);
+        litestream_restore(&self.replica_dir(), &theirs, &[]).unwrap();
+        assert_eq!(
+            dump(&theirs),
+            expected,
+            "litestream restore differs from the source"
+        );
+        assert_eq!(
+            content(&theirs),
+            want,
+            "litestream restore: blob contents differ"
+        );
+        caught_up
+    }
+}
