@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_STAGED_BYTES: u64 = 1 << 30;
 /// Above this many hot tenants, an idle tenant goes cold after one batching window instead of
 /// `idle_timeout`: each hot tenant holds two SQLite connections (about 6 file descriptors).
 pub const HOT_SOFT_LIMIT: usize = 512;
+/// The application may hold its write lock this long (one long transaction, or several in a
+/// row) before the tenant shows an error; until then each attempt is retried quietly.
+const BUSY_GRACE: Duration = Duration::from_secs(60);
+const BUSY_RETRY: Duration = Duration::from_millis(250);
 /// Retry failed syncs/uploads with exponential backoff up to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -177,6 +181,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
         }
     }
     let mut first = true;
+    let mut busy_since: Option<Instant> = None;
     loop {
         let result = step(
             ctx,
@@ -200,6 +205,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
                 return cold;
             }
             Ok(_) => {
+                busy_since = None;
                 if backoff > Duration::from_millis(500) {
                     tracing::info!(client = %ctx.id, "replication recovered");
                 }
@@ -210,6 +216,19 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
                         s.state = State::Replicating;
                     }
                 });
+            }
+            Err(StepError::Sync(SyncError::Busy(_)))
+                if busy_since.get_or_insert_with(Instant::now).elapsed() < BUSY_GRACE =>
+            {
+                // The application holds the write lock (a long transaction): not a failure.
+                // Keep the connections and what we know about the WAL (dropping them would
+                // cost a full snapshot) and try again shortly.
+                tracing::debug!(client = %ctx.id, "database busy; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.sync_window.max(BUSY_RETRY)) => {}
+                    _ = ctx.cancel.cancelled() => return cold,
+                }
+                continue;
             }
             Err(e) => {
                 tracing::warn!(client = %ctx.id, error = %e, "replication step failed; retrying in {:?}", backoff);
