@@ -36,6 +36,10 @@ pub struct StatusResponse {
     /// `totalClients` without filters.
     #[serde(default)]
     pub matched_clients: u64,
+    /// Tenant-named files not replicated because another file already owns their id (e.g.
+    /// `<id>.db` beside `<id>.sqlite`, or one id in two watch directories): their paths, sorted.
+    #[serde(default)]
+    pub duplicate_files: Vec<String>,
     /// The page: all matching tenants when no `limit` is given (the seed's behaviour).
     pub clients: Vec<ClientStatus>,
 }
@@ -233,6 +237,9 @@ mod tests {
             worst_lag_seconds: Some(0.5),
             bytes_uploaded: 4096,
             matched_clients: 1,
+            duplicate_files: vec![
+                "/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.sqlite".into()
+            ],
             clients: vec![client()],
         };
         let value = serde_json::to_value(&status).unwrap();
@@ -251,6 +258,7 @@ mod tests {
                 "worstLagSeconds": 0.5,
                 "bytesUploaded": 4096,
                 "matchedClients": 1,
+                "duplicateFiles": ["/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.sqlite"],
                 "clients": [{
                     "clientId": "0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11",
                     "databasePath": "/data/clients/0b6f1c1e-6a7d-4c43-9a53-2f1f3c1c9e11.db",

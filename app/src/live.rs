@@ -1,9 +1,12 @@
 //! The browser's link to the server: one `GET /api/status` for a fast first paint, then the
-//! `/ws` message stream, reopened with capped exponential backoff whenever it closes.
+//! `/ws` message stream, reopened with capped exponential backoff whenever it closes; plus the
+//! tenant detail fetch and the clipboard.
 //!
 //! Invariant: at most one WebSocket is open per page. The socket and its callbacks live in
 //! [`SOCKET`]; a reconnect replaces them from a timer, never from inside one of the old socket's
-//! own callbacks.
+//! own callbacks. Messages are applied in arrival order, in batches: each message goes to
+//! [`PENDING`] and one timer per [`BATCH_DELAY`] applies them all in one signal update, so a
+//! burst of changes among 10,000 tenants redraws the page once, not once per message.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -14,13 +17,16 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
-use crate::api::{StatusResponse, WsMessage};
-use crate::state::{Connection, DashboardState};
+use crate::api::{ApiErrorBody, StatusResponse, WsMessage};
+use crate::state::{parse_detail, Connection, DashboardState, Detail, DetailError};
 
 /// First reconnect delay; doubled after each failed attempt up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Upper bound of the reconnect delay: a restarted server is picked up within ~10 s.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long messages gather before one redraw: well under the 2 s a new tenant may take to
+/// appear, long enough to merge a burst.
+const BATCH_DELAY: Duration = Duration::from_millis(50);
 
 struct Socket {
     ws: WebSocket,
@@ -33,6 +39,10 @@ thread_local! {
     static SOCKET: RefCell<Option<Socket>> = const { RefCell::new(None) };
     /// Failed attempts since the last successful open; drives the backoff.
     static FAILURES: Cell<u32> = const { Cell::new(0) };
+    /// Messages received but not applied yet, oldest first.
+    static PENDING: RefCell<Vec<WsMessage>> = const { RefCell::new(Vec::new()) };
+    /// Whether a flush of [`PENDING`] is scheduled.
+    static FLUSH_SCHEDULED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Starts the initial fetch and the WebSocket. Called once by `App`.
@@ -66,7 +76,7 @@ fn connect(state: RwSignal<DashboardState>, connection: RwSignal<Connection>) {
             return;
         };
         match serde_json::from_str::<WsMessage>(&text) {
-            Ok(msg) => state.update(|s| s.apply(msg)),
+            Ok(msg) => enqueue(state, msg),
             Err(err) => leptos::logging::warn!("ignoring /ws message ({err}): {text}"),
         }
     });
@@ -92,6 +102,21 @@ fn connect(state: RwSignal<DashboardState>, connection: RwSignal<Connection>) {
         old.ws.set_onmessage(None);
         old.ws.set_onclose(None);
         _ = old.ws.close();
+    }
+}
+
+fn enqueue(state: RwSignal<DashboardState>, msg: WsMessage) {
+    PENDING.with(|p| p.borrow_mut().push(msg));
+    if !FLUSH_SCHEDULED.with(|f| f.replace(true)) {
+        set_timeout(move || flush(state), BATCH_DELAY);
+    }
+}
+
+fn flush(state: RwSignal<DashboardState>) {
+    FLUSH_SCHEDULED.with(|f| f.set(false));
+    let batch = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if !batch.is_empty() {
+        state.update(|s| batch.into_iter().for_each(|msg| s.apply(msg)));
     }
 }
 
@@ -124,21 +149,68 @@ fn ws_url() -> Result<String, String> {
 }
 
 async fn fetch_status() -> Result<StatusResponse, String> {
+    let (status, text) = get_text("/api/status").await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("HTTP {status}"));
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// `GET /api/clients/{id}`; a 404 is [`DetailError::NotFound`].
+pub async fn fetch_client(id: &str) -> Result<Detail, DetailError> {
+    let encoded = String::from(js_sys::encode_uri_component(id));
+    let (status, text) = get_text(&format!("/api/clients/{encoded}"))
+        .await
+        .map_err(DetailError::Other)?;
+    match status {
+        200..=299 => parse_detail(&text),
+        404 => Err(DetailError::NotFound),
+        _ => Err(DetailError::Other(
+            serde_json::from_str::<ApiErrorBody>(&text)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| format!("HTTP {status}")),
+        )),
+    }
+}
+
+/// The status code and body of a GET.
+async fn get_text(url: &str) -> Result<(u16, String), String> {
     let window = web_sys::window().ok_or("no window")?;
-    let response: web_sys::Response = JsFuture::from(window.fetch_with_str("/api/status"))
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(url))
         .await
         .map_err(js_error)?
         .dyn_into()
         .map_err(js_error)?;
-    if !response.ok() {
-        return Err(format!("HTTP {}", response.status()));
-    }
     let text = JsFuture::from(response.text().map_err(js_error)?)
         .await
         .map_err(js_error)?
         .as_string()
         .ok_or("body is not text")?;
-    serde_json::from_str(&text).map_err(|e| e.to_string())
+    Ok((response.status(), text))
+}
+
+/// Puts `text` on the clipboard through `navigator.clipboard.writeText` (Chromium and Firefox;
+/// only in a secure context such as `http://127.0.0.1`). Returns whether the API was there; the
+/// `<code>` blocks also select whole on click for a manual copy.
+pub fn copy_text(text: &str) -> bool {
+    let attempt = || -> Result<(), JsValue> {
+        let window = web_sys::window().ok_or(JsValue::NULL)?;
+        let navigator = js_sys::Reflect::get(&window, &"navigator".into())?;
+        let clipboard = js_sys::Reflect::get(&navigator, &"clipboard".into())?;
+        if clipboard.is_undefined() || clipboard.is_null() {
+            return Err(JsValue::NULL);
+        }
+        let write: js_sys::Function =
+            js_sys::Reflect::get(&clipboard, &"writeText".into())?.dyn_into()?;
+        let promise: js_sys::Promise = write.call1(&clipboard, &text.into())?.dyn_into()?;
+        leptos::task::spawn_local(async move {
+            if let Err(err) = JsFuture::from(promise).await {
+                leptos::logging::warn!("clipboard: {}", js_error(err));
+            }
+        });
+        Ok(())
+    };
+    attempt().is_ok()
 }
 
 fn js_error(value: JsValue) -> String {

@@ -5,6 +5,7 @@ import { test } from "./fixtures/server";
 import { addClientDb, openDashboard, removeClientDb, saveScreenshot } from "./fixtures/actions";
 import {
   expectClientRow,
+  expectConnection,
   expectLive,
   expectNoClientRow,
   expectNoPageErrors,
@@ -33,4 +34,33 @@ test("dashboard follows client databases live", async ({ page, server }) => {
   await saveScreenshot(page, "dashboard-after-removal");
 
   expectNoPageErrors(errors);
+});
+
+/** A server restart: the page says it lost the link, reconnects by itself and resynchronises. */
+test("dashboard reconnects after a server restart", async ({ page, server }) => {
+  const before = randomUUID();
+  await addClientDb(server, before);
+  const errors = await openDashboard(page, server);
+  await expectLive(page);
+  await expectClientRow(page, before);
+
+  await server.stop();
+  await expectConnection(page, /^(offline|connecting)$/);
+  await saveScreenshot(page, "dashboard-offline");
+  // While the server is down a tenant goes away and another arrives.
+  await removeClientDb(server, before);
+  const after = randomUUID();
+  await addClientDb(server, after);
+  await server.start();
+
+  // Backoff starts at 0.5 s and doubles; a restart within ~1 s is picked up in a few seconds.
+  await expectConnection(page, "live", 10_000);
+  await expectClientRow(page, after, APPEAR_WITHIN_MS);
+  await expectNoClientRow(page, before);
+  await expectTotalClients(page, 1);
+  await saveScreenshot(page, "dashboard-reconnected");
+
+  // Failed WebSocket attempts while the server was down are logged by the browser; anything
+  // else is a real error.
+  expectNoPageErrors(errors.filter((e) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(e)));
 });
