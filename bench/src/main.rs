@@ -6,12 +6,14 @@
 //! `cargo build --release -p server`). Every child process is killed when its guard is dropped
 //! and when the bench dies (PR_SET_PDEATHSIG); every wait has a deadline.
 
+mod dashboard;
 mod idle;
 mod lag;
 mod ltxread;
 mod procs;
 mod replicator;
 mod report;
+mod s3requests;
 mod sqlite;
 mod throughput;
 
@@ -34,6 +36,8 @@ cargo run --release -p bench -- idle --tenants 100 --seconds 10\n  \
 cargo run --release -p bench -- throughput --mb 64\n  \
 cargo run --release -p bench -- restore --mb 64\n  \
 cargo run --release -p bench -- lag --tenants 20 --seconds 10\n  \
+cargo run --release -p bench -- s3-requests --tenants 10 --seconds 10\n  \
+cargo run --release -p bench -- --only ours dashboard --tenants 500 --seconds 10\n  \
 cargo run --release -p bench -- --only ours idle --tenants 10000"
 )]
 struct Cli {
@@ -73,6 +77,12 @@ enum Scenario {
     Restore(throughput::WriteArgs),
     /// Commit-to-replica lag for many tenants committing a few times a second.
     Lag(lag::LagArgs),
+    /// The HTTP side under load: /api/status latency, WebSocket traffic per connection and RSS
+    /// with N tenants, some writing, and C dashboard clients (ours only).
+    Dashboard(dashboard::DashboardArgs),
+    /// S3 requests by type (PUT, GET, LIST, HEAD, DELETE…) through a counting proxy in front of
+    /// moto: N idle tenants, then the same N committing a few times a second.
+    S3Requests(s3requests::S3RequestsArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -205,6 +215,8 @@ fn run(cli: &Cli) -> Result<()> {
         Scenario::Throughput(a) => throughput::run(&ctx, a, true, !a.no_restore)?,
         Scenario::Restore(a) => throughput::run(&ctx, a, false, true)?,
         Scenario::Lag(a) => lag::run(&ctx, a)?,
+        Scenario::Dashboard(a) => dashboard::run(&ctx, a)?,
+        Scenario::S3Requests(a) => s3requests::run(&ctx, a)?,
     };
     let load_end = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()

@@ -6,6 +6,11 @@
 //! | start | `litestream-manager -watch-dir W -replica-dir R -state-dir S -port P` | `litestream replicate -config C` with `dbs: [{dir: W, pattern: "*.db", watch: true, replica: {type: file, path: R}}]` |
 //! | tenant replica | `R/databases/<uuid>/ltx/<level>/` | `R/<uuid>.db/ltx/<level>/` |
 //! | "backed up" | `/api/status`: every client has `replicatedTxid` | every tenant has a file in `ltx/0/` |
+//!
+//! With [`Target::S3`] (scenario `s3-requests`) both replicate to `s3://B/databases/<uuid>` on an
+//! S3-compatible endpoint instead: ours with `-bucket B -endpoint E -region R`, Litestream with a
+//! `dbs:` list of every `<uuid>.db` in W at start, each with an `s3` replica (bucket, path
+//! `databases/<uuid>`, endpoint, region, `force-path-style: true`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -72,9 +77,35 @@ pub struct Replicator {
     pub replica: PathBuf,
 }
 
+/// Where the replicas go.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// `RunDirs::replica` on the local disk.
+    File,
+    /// A bucket on an S3-compatible endpoint (path-style, static keys).
+    S3 {
+        bucket: String,
+        endpoint: String,
+        region: String,
+        access_key: String,
+        secret_key: String,
+    },
+}
+
 impl Replicator {
     /// Starts the replicator on `dirs`. For ours, waits until its HTTP server answers.
     pub fn start(kind: Kind, bins: &Bins, dirs: &RunDirs) -> Result<Replicator> {
+        Self::start_to(kind, bins, dirs, &Target::File)
+    }
+
+    /// [`Replicator::start`] with the replicas in `target`. For Litestream and S3, the tenants
+    /// are the `*.db` files in the watch directory when it starts.
+    pub fn start_to(
+        kind: Kind,
+        bins: &Bins,
+        dirs: &RunDirs,
+        target: &Target,
+    ) -> Result<Replicator> {
         let log = dirs.root.join(match kind {
             Kind::Ours => "litestream-manager.log",
             Kind::Litestream => "litestream.log",
@@ -83,11 +114,24 @@ impl Replicator {
             Kind::Ours => {
                 let port = procs::free_port()?;
                 let mut cmd = Command::new(&bins.manager);
-                cmd.arg("-watch-dir")
-                    .arg(&dirs.watch)
-                    .arg("-replica-dir")
-                    .arg(&dirs.replica)
-                    .arg("-state-dir")
+                cmd.arg("-watch-dir").arg(&dirs.watch);
+                match target {
+                    Target::File => {
+                        cmd.arg("-replica-dir").arg(&dirs.replica);
+                    }
+                    Target::S3 {
+                        bucket,
+                        endpoint,
+                        region,
+                        access_key,
+                        secret_key,
+                    } => {
+                        cmd.args(["-bucket", bucket, "-endpoint", endpoint, "-region", region])
+                            .env("AWS_ACCESS_KEY_ID", access_key)
+                            .env("AWS_SECRET_ACCESS_KEY", secret_key);
+                    }
+                }
+                cmd.arg("-state-dir")
                     .arg(&dirs.state)
                     .arg("-port")
                     .arg(port.to_string())
@@ -118,18 +162,45 @@ impl Replicator {
             }
             Kind::Litestream => {
                 let cfg = dirs.root.join("litestream.yml");
-                let yaml = format!(
-                    "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    watch: true\n    replica:\n      type: file\n      path: {}\n",
-                    dirs.watch.display(),
-                    dirs.replica.display()
-                );
-                fs::write(&cfg, yaml)?;
                 let mut cmd = Command::new(&bins.litestream);
+                let yaml = match target {
+                    Target::File => format!(
+                        "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    watch: true\n    replica:\n      type: file\n      path: {}\n",
+                        dirs.watch.display(),
+                        dirs.replica.display()
+                    ),
+                    Target::S3 {
+                        bucket,
+                        endpoint,
+                        region,
+                        access_key,
+                        secret_key,
+                    } => {
+                        cmd.env("AWS_ACCESS_KEY_ID", access_key)
+                            .env("AWS_SECRET_ACCESS_KEY", secret_key);
+                        let mut dbs: Vec<PathBuf> = fs::read_dir(&dirs.watch)?
+                            .flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.extension().is_some_and(|x| x == "db"))
+                            .collect();
+                        dbs.sort();
+                        let mut y = String::from("dbs:\n");
+                        for db in &dbs {
+                            let id = db.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                            y.push_str(&format!(
+                                "  - path: {}\n    replica:\n      type: s3\n      bucket: {bucket}\n      path: databases/{id}\n      endpoint: {endpoint}\n      region: {region}\n      force-path-style: true\n",
+                                db.display()
+                            ));
+                        }
+                        y
+                    }
+                };
+                fs::write(&cfg, yaml)?;
                 cmd.arg("replicate")
                     .arg("-config")
                     .arg(&cfg)
                     .current_dir(&dirs.root)
-                    // Breaks Litestream's S3 client setup; irrelevant (file replica) but harmless to drop.
+                    // Litestream 0.5.17 refuses every S3 replica while it is set (`unable to add custom RootCAs`).
                     .env_remove("AWS_CA_BUNDLE");
                 let child = ChildGuard::spawn(cmd, kind.label(), &log)?;
                 Ok(Replicator {

@@ -730,3 +730,300 @@ async fn retries_ride_out_throttling_5xx_and_resets() {
     eprintln!("{injected} faults injected; requests {n:?}");
     assert!(injected >= 20, "{injected}");
 }
+
+/// A proxy in front of moto that can take S3 down completely: while `down` is set, every
+/// connection is accepted and reset without an answer (what a dead load balancer or a cut
+/// network looks like); otherwise each request is forwarded (one per connection, as
+/// [`FaultProxy`] does).
+struct OutageProxy {
+    endpoint: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections refused while down.
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OutageProxy {
+    async fn start(upstream_port: u16) -> OutageProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let down = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let (down2, refused2) = (down.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                if down2.load(Ordering::SeqCst) {
+                    refused2.fetch_add(1, Ordering::Relaxed);
+                    let _ = conn.set_zero_linger();
+                    continue;
+                }
+                let (down, refused) = (down2.clone(), refused2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 64 * 1024];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    // The outage may have begun while the request was arriving.
+                    if down.load(Ordering::SeqCst) {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = conn.set_zero_linger();
+                        return;
+                    }
+                    let Ok(mut up) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    if up.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy(&mut up, &mut conn).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        OutageProxy {
+            endpoint,
+            down,
+            refused,
+            task,
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Staged L0 files of the harness's tenant, by TXID (`<state>/<id>/ltx/0/<min>-<max>.ltx`).
+fn staged_txids(h: &Harness) -> Vec<u64> {
+    let dir = h.state.join(ID).join("ltx").join("0");
+    let mut v: Vec<u64> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| LtxFileName::parse(e.file_name().to_str()?))
+                .map(|n| n.max.0)
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// Total size of the tenant's staged L0 files.
+fn staged_bytes(h: &Harness) -> u64 {
+    let dir = h.state.join(ID).join("ltx").join("0");
+    std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// S3 down for `OUTAGE_SECONDS` (default 120) while the application keeps committing: no commit
+/// fails or waits on the replicator, the tenant shows `Error` with a `last_error` for as long as
+/// it lasts, every change waits in local staging, and once S3 is back the replica catches up
+/// by itself: our restore and `litestream restore` equal the source row for row, and the error
+/// clears. Takes about OUTAGE_SECONDS + 30 s (the tenant retries with backoff up to 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_s3_outage_blocks_no_write_and_the_replica_catches_up() {
+    let outage = Duration::from_secs(
+        std::env::var("OUTAGE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120),
+    );
+    // Commit every 250 ms; a commit slower than this has waited on something (the replicator).
+    const WRITE_EVERY: Duration = Duration::from_millis(250);
+    const SLOW_COMMIT: Duration = Duration::from_secs(1);
+    // The tenant backs off up to tenant::MAX_BACKOFF (60 s) between attempts while S3 is down,
+    // and a wake does not cut a backoff short: recovery can take that long.
+    const RECOVERY: Duration = Duration::from_secs(90);
+
+    let moto = Moto::start();
+    let (_, bucket) = moto.new_bucket().await;
+    let proxy = OutageProxy::start(moto.port).await;
+    let mut config = moto.config(&bucket);
+    config.endpoint = Some(proxy.endpoint.clone());
+    let client = S3Client::connect(config).await.unwrap();
+    // Checks read straight from moto, never through the proxy.
+    let check = Replica::S3(moto.client(&bucket).await.replica(&tenant_prefix()));
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let mut seq = 0;
+    for _ in 0..5 {
+        write_txn(&app, &mut seq, 10);
+    }
+    let cancel = CancellationToken::new();
+    let store = h.store_to(
+        StoreTarget::S3 {
+            client,
+            prefix: "databases".into(),
+        },
+        &cancel,
+    );
+    store.register(ID, &h.db).unwrap();
+    h.wait_replicated_from(&check, &dump(&h.db), CATCH_UP).await;
+    let before = wait_status(&store, "first sync uploaded", |s| {
+        s.replicated_txid >= 1 && s.pending_since.is_none() && s.last_error.is_none()
+    })
+    .await;
+
+    // 1. The outage: the app keeps writing; nothing reaches S3.
+    proxy.set_down(true);
+    let start = Instant::now();
+    let mut commits = 0u64;
+    let mut slowest = Duration::ZERO;
+    let mut first_error: Option<Duration> = None;
+    let mut error_samples = 0u64;
+    let mut last_error = String::new();
+    let mut max_staged = 0usize;
+    while start.elapsed() < outage {
+        let t = Instant::now();
+        write_txn(&app, &mut seq, 2); // panics if the commit fails
+        slowest = slowest.max(t.elapsed());
+        commits += 1;
+        store.wake(ID);
+        let s = store.status(ID).unwrap();
+        assert_eq!(
+            s.replicated_txid, before.replicated_txid,
+            "nothing can be replicated while S3 is down: {s:?}"
+        );
+        if first_error.is_none() && s.state == engine::tenant::State::Error {
+            first_error = Some(start.elapsed());
+        }
+        if first_error.is_some() {
+            // Once in error, it stays there until S3 answers again.
+            assert_eq!(s.state, engine::tenant::State::Error, "{s:?}");
+            last_error = s
+                .last_error
+                .clone()
+                .expect("an Error state carries last_error");
+            error_samples += 1;
+        }
+        max_staged = max_staged.max(staged_txids(&h).len());
+        tokio::time::sleep(WRITE_EVERY.saturating_sub(t.elapsed())).await;
+    }
+    let during = store.status(ID).unwrap();
+    let staged = staged_txids(&h);
+    eprintln!(
+        "outage of {outage:?}: {commits} commits, slowest {slowest:?}; Error after {first_error:?}, \
+         {error_samples} samples in Error; {} connections refused; staged {staged:?} ({} bytes; max {max_staged} \
+         files); db {} bytes; status {during:?}",
+        proxy.refused(),
+        staged_bytes(&h),
+        std::fs::metadata(&h.db).map(|m| m.len()).unwrap_or(0)
+    );
+    let first_error = first_error.expect("the tenant never showed the outage as an error");
+    assert!(
+        first_error < Duration::from_secs(60).min(outage),
+        "Error state only after {first_error:?}"
+    );
+    assert!(
+        last_error.contains("replica") || last_error.contains("127.0.0.1"),
+        "last_error should say what failed: {last_error}"
+    );
+    assert!(
+        slowest < SLOW_COMMIT,
+        "a commit took {slowest:?} during the outage"
+    );
+    assert!(proxy.refused() > 0);
+    // Every change since the last upload is staged locally, contiguously, beyond the replica.
+    assert!(
+        during.local_txid > before.replicated_txid,
+        "changes staged locally: {during:?}"
+    );
+    assert!(
+        staged.contains(&during.local_txid),
+        "the newest local TXID {} is staged: {staged:?}",
+        during.local_txid
+    );
+    let pending: Vec<u64> = staged
+        .iter()
+        .copied()
+        .filter(|t| *t > before.replicated_txid)
+        .collect();
+    assert_eq!(
+        pending,
+        (before.replicated_txid + 1..=during.local_txid).collect::<Vec<_>>(),
+        "staging holds every TXID after the replica's, without a gap"
+    );
+
+    // 2. S3 is back: a few more commits, then the replica must catch up by itself.
+    proxy.set_down(false);
+    let back = Instant::now();
+    for _ in 0..3 {
+        write_txn(&app, &mut seq, 2);
+        store.wake(ID);
+        tokio::time::sleep(WRITE_EVERY).await;
+    }
+    let expected = dump(&h.db);
+    let ours = h.wait_replicated_from(&check, &expected, RECOVERY).await;
+    let caught_up = back.elapsed();
+    let after = wait_status(&store, "error cleared", |s| {
+        s.state != engine::tenant::State::Error
+            && s.last_error.is_none()
+            && s.pending_since.is_none()
+    })
+    .await;
+    eprintln!("caught up {caught_up:?} after S3 came back; status {after:?}");
+    assert!(after.replicated_txid >= during.local_txid, "{after:?}");
+    assert_eq!(dump(&ours), expected, "our restore");
+    let theirs = h.out("litestream.db");
+    litestream_restore_url(
+        &moto.litestream_url(&bucket, &tenant_prefix()),
+        &theirs,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        dump(&theirs),
+        expected,
+        "litestream restore differs from the source"
+    );
+    let t = Instant::now();
+    let stopped = store.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        stopped,
+        "shutdown did not finish within 5 s ({:?})",
+        t.elapsed()
+    );
+}
