@@ -274,6 +274,14 @@ impl LocalLtx {
         }
     }
 
+    /// A file that stays where it is after use.
+    pub fn existing(path: PathBuf) -> Self {
+        LocalLtx {
+            path,
+            temporary: false,
+        }
+    }
+
     pub fn open(&self) -> Result<std::fs::File, ClientError> {
         std::fs::File::open(&self.path).map_err(|e| ClientError::io(&self.path, e))
     }

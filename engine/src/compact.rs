@@ -66,6 +66,10 @@ impl CompactionConfig {
 pub struct Index {
     /// Keyed by (level, min, max): snapshots all start at TXID 1.
     files: BTreeMap<(u8, Txid, Txid), LtxInfo>,
+    /// When this process last wrote a compaction into each level (wall clock). A file's
+    /// `created_at` is the timestamp of its newest transaction, usually before the boundary
+    /// that triggered the compaction, so it cannot tell whether the level already ran.
+    compacted_at: BTreeMap<u8, SystemTime>,
 }
 
 impl Index {
@@ -79,6 +83,11 @@ impl Index {
 
     pub fn insert(&mut self, f: LtxInfo) {
         self.files.insert((f.level, f.min, f.max), f);
+    }
+
+    /// Records that a compaction into `level` was written at `at` (wall clock).
+    pub fn mark_compacted(&mut self, level: u8, at: SystemTime) {
+        self.compacted_at.insert(level, at);
     }
 
     pub fn remove(&mut self, f: &LtxInfo) {
@@ -145,8 +154,10 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         // was written. A level's first file waits for the boundary after its oldest input, so a
         // new tenant does not pay one PUT per level at once.
         let since = ix
-            .last(level)
-            .map(|f| f.created_at)
+            .compacted_at
+            .get(&level)
+            .copied()
+            .or(ix.last(level).map(|f| f.created_at))
             .unwrap_or(inputs[0].created_at);
         if since < boundary {
             jobs.push(Job::Compact { level, inputs });
@@ -385,6 +396,33 @@ mod tests {
             .iter()
             .any(|j| matches!(j, Job::Compact { level: 1, .. })));
         assert_eq!(next, Some(UNIX_EPOCH + Duration::from_secs(1_000_000_020)));
+    }
+
+    #[test]
+    fn a_level_runs_once_per_boundary_even_though_its_file_carries_an_older_timestamp() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015); // 25 s past a boundary
+        let boundary = truncate(now, Duration::from_secs(30));
+        let cfg = CompactionConfig::default();
+        // The L1 file holds transactions from before the boundary (its created_at), but it was
+        // written just after it; a new L0 arrived since.
+        let mut ix = Index::from_listing([f(1, 1, 3, 26, now), f(0, 4, 4, 1, now)]);
+        let (jobs, _) = plan(&ix, &cfg, now);
+        assert!(jobs
+            .iter()
+            .any(|j| matches!(j, Job::Compact { level: 1, .. })));
+        ix.mark_compacted(1, boundary + Duration::from_millis(300));
+        let (jobs, next) = plan(&ix, &cfg, now);
+        assert!(
+            !jobs
+                .iter()
+                .any(|j| matches!(j, Job::Compact { level: 1, .. })),
+            "{jobs:?}"
+        );
+        assert_eq!(next, Some(boundary + Duration::from_secs(30)));
+        let (jobs, _) = plan(&ix, &cfg, boundary + Duration::from_secs(30));
+        assert!(jobs
+            .iter()
+            .any(|j| matches!(j, Job::Compact { level: 1, .. })));
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl Store {
                 &remote,
                 cfg,
                 &store.inner.shared.uploads,
-                &store.inner.config.state_dir.join(&id).join("scratch"),
+                &Staging::new(store.inner.config.state_dir.join(&id)),
                 &cancel,
             )
             .await;

@@ -36,8 +36,9 @@ pub const HOT_SOFT_LIMIT: usize = 512;
 /// row) before the tenant shows an error; until then each attempt is retried quietly.
 const BUSY_GRACE: Duration = Duration::from_secs(60);
 const BUSY_RETRY: Duration = Duration::from_millis(250);
-/// Retry failed syncs/uploads with exponential backoff up to this.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Retry failed syncs/uploads with exponential backoff up to this: an outage's end is noticed
+/// within 15 s (the S3 client's own retries and retry quota keep a dead store from a storm).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct TenantConfig {
@@ -243,16 +244,23 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
                     drop(db.take());
                     return cold;
                 }
-                // Drop the connections: without our read mark the next attempt re-verifies.
-                if db.take().is_some() && cold.proof == Proof::ReadLock {
+                // A database error drops the connections (without our read mark the next attempt
+                // re-verifies the WAL); a replica error leaves them: the database is fine.
+                if !matches!(e, StepError::Client(_))
+                    && db.take().is_some()
+                    && cold.proof == Proof::ReadLock
+                {
                     cold.proof = Proof::None;
                 }
                 if let StepError::Sync(SyncError::Replaced(_)) = e {
                     // Another file now: reopen at once (a full-page L0 follows).
                     continue;
                 }
+                // ±20 % jitter: tenants that failed together (a replica outage) do not all
+                // retry in the same instant.
+                let jitter = rand::random_range(0.8..1.2);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
                     _ = ctx.cancel.cancelled() => return cold,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -566,10 +574,12 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
             }
         });
     }
+    // Staged files stay until an L1 file covers them (compaction reads them from here instead
+    // of downloading them again), and the newest stays: it anchors the chain after a restart.
+    let keep_after = covered_by_l1(index, &ctx.shared.config.compaction).min(replicated);
     drop(guard);
-    // Keep only the newest staged file: it anchors the chain after a restart.
     if let Some((_, older)) = list.split_last() {
-        for t in older.iter().filter(|t| t.0 <= replicated) {
+        for t in older.iter().filter(|t| t.0 <= keep_after) {
             ctx.staging.remove(*t)?;
         }
     }
@@ -577,6 +587,15 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
         (ctx.maintain)();
     }
     Ok(())
+}
+
+/// The last TXID an L1 file holds: staged L0 files up to it are no longer compaction inputs.
+/// Without compaction levels, every uploaded file is done with.
+fn covered_by_l1(index: &Index, cfg: &CompactionConfig) -> u64 {
+    if cfg.max_level() == 0 {
+        return u64::MAX;
+    }
+    index.last(1).map(|f| f.max.0).unwrap_or(0)
 }
 
 /// Runs the compactions, snapshots and deletions due now; returns when to run again.
@@ -592,9 +611,10 @@ pub(crate) async fn maintain(
     remote: &RemoteState,
     cfg: &CompactionConfig,
     uploads: &Semaphore,
-    scratch: &Path,
+    staging: &Staging,
     cancel: &CancellationToken,
 ) -> Result<Option<SystemTime>, StepError> {
+    let scratch = &staging.dir().join("scratch");
     let (jobs, next) = {
         let guard = remote.lock().await;
         let Some(index) = guard.as_ref() else {
@@ -616,14 +636,19 @@ pub(crate) async fn maintain(
             .map_err(|e| StepError::Join(e.to_string()))?;
         match job {
             Job::Compact { level, inputs } => {
-                let info = merge_and_write(replica, &inputs, level, false, scratch, cancel).await?;
+                let info = merge_and_write(replica, &inputs, level, false, staging, cancel).await?;
                 tracing::debug!(client = %id, level, min = %info.min, max = %info.max, "compacted");
+                let covered = info.max;
                 if let Some(index) = remote.lock().await.as_mut() {
                     index.insert(info);
+                    index.mark_compacted(level, SystemTime::now());
+                }
+                if level == 1 {
+                    remove_staged_through(staging, covered).await?;
                 }
             }
             Job::Snapshot { inputs } => {
-                let info = merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, scratch, cancel)
+                let info = merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, staging, cancel)
                     .await?;
                 tracing::debug!(client = %id, max = %info.max, "snapshot written");
                 if let Some(index) = remote.lock().await.as_mut() {
@@ -663,12 +688,19 @@ async fn merge_and_write(
     inputs: &[LtxInfo],
     level: u8,
     snapshot: bool,
-    scratch: &Path,
+    staging: &Staging,
     cancel: &CancellationToken,
 ) -> Result<LtxInfo, StepError> {
+    let scratch = &staging.dir().join("scratch");
     let mut locals = Vec::with_capacity(inputs.len());
     for f in inputs {
-        locals.push(replica.fetch_local(f, scratch, cancel).await?);
+        // An L0 file still staged locally is the very file that was uploaded: no download.
+        let staged = staging.path_of(f.min);
+        if f.level == 0 && f.min == f.max && staged.exists() {
+            locals.push(LocalLtx::existing(staged));
+        } else {
+            locals.push(replica.fetch_local(f, scratch, cancel).await?);
+        }
     }
     let (first, last) = (inputs.first(), inputs.last());
     let out = LocalLtx::temporary(scratch.join(format!(
@@ -705,6 +737,23 @@ async fn merge_and_write(
     Ok(replica
         .write_file(level, name, &out.path, ts, cancel)
         .await?)
+}
+
+/// Removes staged L0 files up to `txid`, except the newest staged file (the chain's anchor).
+async fn remove_staged_through(staging: &Staging, txid: Txid) -> Result<(), StepError> {
+    let staging = staging.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), SyncError> {
+        let list = staging.list()?;
+        if let Some((_, older)) = list.split_last() {
+            for t in older.iter().filter(|t| **t <= txid) {
+                staging.remove(*t)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| StepError::Join(e.to_string()))??;
+    Ok(())
 }
 
 /// Buffer size of streamed LTX reads and writes.

@@ -139,6 +139,19 @@ async fn store_replicates_to_s3_and_litestream_restores_it_identically() {
         (0, 0),
         "an idle tenant is never listed: {idle:?}"
     );
+    // Snapshots and L1 compactions read the L0 files still staged locally: the store only
+    // downloads inputs of higher levels (L1 files compacted into L2 and up).
+    let listing = check.list_all(&cancel).await.unwrap();
+    assert!(
+        listing.iter().any(|f| f.level == engine::client::SNAPSHOT_LEVEL),
+        "the first snapshot was written: {listing:?}"
+    );
+    let downloadable = listing.iter().filter(|f| (1..9).contains(&f.level)).count() as u64;
+    let gets = client.request_counts().get;
+    assert!(
+        gets <= downloadable,
+        "{gets} GETs: staged L0 files were downloaded again ({downloadable} files at L1-L8)"
+    );
 
     // (b) the real litestream restores the same bytes.
     let url = moto.litestream_url(&bucket, &tenant_prefix());
