@@ -8,7 +8,6 @@
 //!
 //! All work is scheduled by the store for tenants that changed; an idle tenant costs nothing.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,43 +60,69 @@ impl CompactionConfig {
 }
 
 /// The replica's files as the engine knows them (from the start-up listing and its own writes),
-/// so that scheduling needs no LIST request.
+/// so that scheduling needs no LIST request. One per tenant, so kept small: a sorted vector (an
+/// idle tenant has a handful of files).
 #[derive(Clone, Debug, Default)]
 pub struct Index {
-    /// Keyed by (level, min, max): snapshots all start at TXID 1.
-    files: BTreeMap<(u8, Txid, Txid), LtxInfo>,
+    /// Sorted by (level, min, max), unique: snapshots all start at TXID 1.
+    files: Vec<LtxInfo>,
     /// When this process last wrote a compaction into each level (wall clock). A file's
     /// `created_at` is the timestamp of its newest transaction, usually before the boundary
     /// that triggered the compaction, so it cannot tell whether the level already ran.
-    compacted_at: BTreeMap<u8, SystemTime>,
+    compacted_at: Vec<(u8, SystemTime)>,
+}
+
+fn key(f: &LtxInfo) -> (u8, Txid, Txid) {
+    (f.level, f.min, f.max)
 }
 
 impl Index {
     pub fn from_listing(files: impl IntoIterator<Item = LtxInfo>) -> Self {
-        let mut ix = Index::default();
-        for f in files {
-            ix.insert(f);
+        let mut files: Vec<LtxInfo> = files.into_iter().collect();
+        files.sort_by_key(key);
+        // Last one wins, as repeated inserts would.
+        files.reverse();
+        files.dedup_by_key(|f| key(f));
+        files.reverse();
+        files.shrink_to_fit();
+        Index {
+            files,
+            compacted_at: Vec::new(),
         }
-        ix
     }
 
     pub fn insert(&mut self, f: LtxInfo) {
-        self.files.insert((f.level, f.min, f.max), f);
+        match self.files.binary_search_by_key(&key(&f), key) {
+            Ok(i) => self.files[i] = f,
+            Err(i) => self.files.insert(i, f),
+        }
     }
 
     /// Records that a compaction into `level` was written at `at` (wall clock).
     pub fn mark_compacted(&mut self, level: u8, at: SystemTime) {
-        self.compacted_at.insert(level, at);
+        match self.compacted_at.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, t)) => *t = at,
+            None => self.compacted_at.push((level, at)),
+        }
+    }
+
+    fn compacted_at(&self, level: u8) -> Option<SystemTime> {
+        self.compacted_at
+            .iter()
+            .find(|(l, _)| *l == level)
+            .map(|(_, t)| *t)
     }
 
     pub fn remove(&mut self, f: &LtxInfo) {
-        self.files.remove(&(f.level, f.min, f.max));
+        if let Ok(i) = self.files.binary_search_by_key(&key(f), key) {
+            self.files.remove(i);
+        }
     }
 
     pub fn level(&self, level: u8) -> impl DoubleEndedIterator<Item = &LtxInfo> {
-        self.files
-            .range((level, Txid(0), Txid(0))..=(level, Txid(u64::MAX), Txid(u64::MAX)))
-            .map(|(_, f)| f)
+        let start = self.files.partition_point(|f| f.level < level);
+        let end = self.files.partition_point(|f| f.level <= level);
+        self.files[start..end].iter()
     }
 
     pub fn last(&self, level: u8) -> Option<&LtxInfo> {
@@ -105,11 +130,11 @@ impl Index {
     }
 
     pub fn max_txid(&self) -> u64 {
-        self.files.values().map(|f| f.max.0).max().unwrap_or(0)
+        self.files.iter().map(|f| f.max.0).max().unwrap_or(0)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &LtxInfo> {
-        self.files.values()
+        self.files.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -154,9 +179,7 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         // was written. A level's first file waits for the boundary after its oldest input, so a
         // new tenant does not pay one PUT per level at once.
         let since = ix
-            .compacted_at
-            .get(&level)
-            .copied()
+            .compacted_at(level)
             .or(ix.last(level).map(|f| f.created_at))
             .unwrap_or(inputs[0].created_at);
         if since < boundary {
@@ -423,6 +446,48 @@ mod tests {
         assert!(jobs
             .iter()
             .any(|j| matches!(j, Job::Compact { level: 1, .. })));
+    }
+
+    #[test]
+    fn the_index_keeps_files_ordered_by_level_and_txid() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let mut ix = Index::from_listing([
+            f(9, 1, 5, 0, now),
+            f(0, 7, 7, 0, now),
+            f(1, 1, 5, 0, now),
+            f(0, 6, 6, 0, now),
+            f(0, 6, 6, 9, now), // a second listing of the same file: the last one wins
+        ]);
+        assert_eq!(ix.len(), 4);
+        assert_eq!(
+            ix.level(0).next().unwrap().created_at,
+            now - Duration::from_secs(9)
+        );
+        ix.insert(f(0, 8, 8, 0, now));
+        ix.insert(f(2, 1, 5, 0, now));
+        ix.insert(f(0, 7, 7, 3, now)); // replaces
+        let keys: Vec<_> = ix.all().map(|f| (f.level, f.min.0, f.max.0)).collect();
+        assert_eq!(
+            keys,
+            [
+                (0, 6, 6),
+                (0, 7, 7),
+                (0, 8, 8),
+                (1, 1, 5),
+                (2, 1, 5),
+                (9, 1, 5)
+            ]
+        );
+        assert_eq!(ix.last(0).unwrap().max, Txid(8));
+        assert_eq!(
+            ix.level(0).nth(1).unwrap().created_at,
+            now - Duration::from_secs(3)
+        );
+        assert!(ix.last(3).is_none());
+        ix.remove(&f(0, 7, 7, 0, now));
+        ix.remove(&f(4, 1, 1, 0, now)); // absent: no-op
+        assert_eq!(ix.level(0).count(), 2);
+        assert_eq!(ix.max_txid(), 8);
     }
 
     #[test]

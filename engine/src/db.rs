@@ -175,6 +175,7 @@ impl Db {
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| sqlite_err(p, e))?;
+            disable_lookaside(&c);
             c.busy_timeout(config.busy_timeout)
                 .map_err(|e| sqlite_err(p, e))?;
             c.execute_batch(&format!(
@@ -1112,6 +1113,23 @@ fn open_optional(path: &Path) -> Result<Option<File>> {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path, e)),
+    }
+}
+
+/// SQLite gives every connection a 120 KiB lookaside pool for small allocations; ours run a
+/// handful of statements, and hundreds of tenants may be hot at once (≈ 100 MiB of pools).
+fn disable_lookaside(conn: &Connection) {
+    // SAFETY: the handle is valid; SQLITE_DBCONFIG_LOOKASIDE takes (void*, int, int), and a null
+    // buffer with zero sizes turns lookaside off. Right after open no lookaside memory is in
+    // use, so the call takes effect (otherwise SQLite ignores it with SQLITE_BUSY).
+    unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<libc::c_void>(),
+            0 as libc::c_int,
+            0 as libc::c_int,
+        );
     }
 }
 

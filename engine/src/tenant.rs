@@ -160,7 +160,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     // Know the replica (and any seal on disk) before deciding whether to open the database; a
     // failure here is retried by the loop below.
     if ctx.remote.lock().await.is_none() {
-        let _ = reconcile(ctx, &mut cold).await;
+        let _ = Box::pin(reconcile(ctx, &mut cold)).await;
     }
     // A wake that finds nothing new for a sealed tenant (the app only read, or a restart) closes
     // again at once, keeping the seal: no new TRUNCATE, no 30 s of open files.
@@ -184,13 +184,15 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     let mut first = true;
     let mut busy_since: Option<Instant> = None;
     loop {
-        let result = step(
+        // The step's state lives on the heap only while it runs: a waiting tenant's task stays
+        // small (10,000 tenants start at once).
+        let result = Box::pin(step(
             ctx,
             &mut cold,
             &mut db,
             &mut last_checkpoint,
             &mut synced_since_checkpoint,
-        )
+        ))
         .await;
         let was_first = std::mem::replace(&mut first, false);
         match result {
@@ -283,7 +285,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
             }
             _ = tokio::time::sleep(idle) => {
                 if let Some(d) = db.take() {
-                    match go_cold(ctx, &mut cold, d).await {
+                    match Box::pin(go_cold(ctx, &mut cold, d)).await {
                         Ok(()) => {
                             ctx.status.update(|s| s.state = State::Idle);
                             return cold;
