@@ -128,6 +128,8 @@ struct Inner {
     /// Maintenance queue: (due time, tenant id). One timer for all tenants.
     schedule: Mutex<BTreeSet<(SystemTime, String)>>,
     schedule_changed: Notify,
+    /// Maintenance tasks running at once (see `start_maintenance`).
+    maintenance_slots: Semaphore,
     /// Per-id lock held by the running hot task; present only while some task holds or awaits it.
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -145,6 +147,7 @@ impl Store {
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             opens: Arc::new(Semaphore::new(config.max_opening.max(1))),
         };
+        let maintenance_slots = config.max_uploads.max(1);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let store = Store {
             inner: Arc::new(Inner {
@@ -156,6 +159,7 @@ impl Store {
                 tracker: TaskTracker::new(),
                 schedule: Mutex::new(BTreeSet::new()),
                 schedule_changed: Notify::new(),
+                maintenance_slots: Semaphore::new(maintenance_slots),
                 gates: Mutex::new(HashMap::new()),
             }),
         };
@@ -244,8 +248,14 @@ impl Store {
         let store = self.clone();
         let id = id.to_string();
         self.inner.tracker.spawn(async move {
+            // Thousands of tenants fall due at one boundary: each waits here, in a small future,
+            // for one of a bounded number of maintenance slots before its (much larger) job
+            // state exists.
+            let Ok(_slot) = store.inner.maintenance_slots.acquire().await else {
+                return;
+            };
             let cfg = &store.inner.shared.config.compaction;
-            let result = tenant::maintain(
+            let result = Box::pin(tenant::maintain(
                 &id,
                 &replica,
                 &remote,
@@ -253,7 +263,7 @@ impl Store {
                 &store.inner.shared.uploads,
                 &Staging::new(store.inner.config.state_dir.join(&id)),
                 &cancel,
-            )
+            ))
             .await;
             let next = match result {
                 Ok(next) => next,

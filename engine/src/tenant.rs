@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, Semaphore};
+use futures::FutureExt as _;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, LocalLtx, LtxInfo, Replica, SNAPSHOT_LEVEL};
@@ -159,7 +160,13 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     let _hot = HotGuard::new(&ctx.shared.hot);
     // Know the replica (and any seal on disk) before deciding whether to open the database; a
     // failure here is retried by the loop below.
+    //
+    // Thousands of tenants start at once: each waits for an open slot here, in this small
+    // future, before its first listing and open (the step's state machine is tens of KiB).
+    let mut slot: Option<OwnedSemaphorePermit> = None;
+    let fresh = cold.pos.is_none();
     if ctx.remote.lock().await.is_none() {
+        slot = open_slot(ctx).await;
         let _ = Box::pin(reconcile(ctx, &mut cold)).await;
     }
     // A wake that finds nothing new for a sealed tenant (the app only read, or a restart) closes
@@ -184,12 +191,15 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     let mut first = true;
     let mut busy_since: Option<Instant> = None;
     loop {
-        // The step's state lives on the heap only while it runs: a waiting tenant's task stays
-        // small (10,000 tenants start at once).
+        if db.is_none() && slot.is_none() {
+            slot = open_slot(ctx).await;
+        }
+        // The step's state lives on the heap only while it runs.
         let result = Box::pin(step(
             ctx,
             &mut cold,
             &mut db,
+            &mut slot,
             &mut last_checkpoint,
             &mut synced_since_checkpoint,
         ))
@@ -227,6 +237,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
                 // Keep the connections and what we know about the WAL (dropping them would
                 // cost a full snapshot) and try again shortly.
                 tracing::debug!(client = %ctx.id, "database busy; retrying");
+                slot = None;
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.sync_window.max(BUSY_RETRY)) => {}
                     _ = ctx.cancel.cancelled() => return cold,
@@ -235,6 +246,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
             }
             Err(e) => {
                 tracing::warn!(client = %ctx.id, error = %e, "replication step failed; retrying in {:?}", backoff);
+                slot = None;
                 let msg = e.to_string();
                 ctx.status.update(|s| {
                     s.state = State::Error;
@@ -272,13 +284,38 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
         if shutdown {
             return cold;
         }
-        // Wait for the next change, or go cold: soon when many tenants are hot at once (a start
-        // with thousands of tenants), so open files stay bounded.
-        let idle = if ctx.shared.hot.load(Ordering::Relaxed) > HOT_SOFT_LIMIT {
-            cfg.sync_window.min(cfg.idle_timeout)
-        } else {
-            cfg.idle_timeout
-        };
+        // Many tenants hot at once (a start with thousands of them): each one's hot period is
+        // a single cycle — open, sync, seal, close — inside its open slot, so at most
+        // `max_opening` databases are open and memory stays flat. A change arriving meanwhile
+        // wakes it again.
+        //
+        // The same for a tenant's first hot period in this process (registration at start, or a
+        // new file) when its first sync found the application quiet: no change was announced
+        // while it ran, so waiting `idle_timeout` with open files would only cost memory.
+        // (A change announced meanwhile is shipped by the seal, or by the next step below.)
+        let woken = was_first && ctx.wake.notified().now_or_never().is_some();
+        let quiet_start = fresh && was_first && !woken;
+        if quiet_start || ctx.shared.hot.load(Ordering::Relaxed) > HOT_SOFT_LIMIT {
+            if let Some(d) = db.take() {
+                match Box::pin(go_cold(ctx, &mut cold, d)).await {
+                    Ok(()) => {
+                        ctx.status.update(|s| s.state = State::Idle);
+                        return cold;
+                    }
+                    Err(e) => {
+                        tracing::warn!(client = %ctx.id, error = %e, "could not seal WAL; staying hot");
+                        cold.proof = Proof::None;
+                    }
+                }
+            }
+        }
+        // Otherwise the open slot is only for opening: hot tenants keep their files open.
+        slot = None;
+        if woken {
+            tokio::time::sleep(cfg.sync_window).await;
+            continue;
+        }
+        let idle = cfg.idle_timeout;
         tokio::select! {
             _ = ctx.wake.notified() => {
                 tokio::time::sleep(cfg.sync_window).await;
@@ -333,10 +370,19 @@ pub(crate) enum StepError {
     StagingFull(u64),
 }
 
+/// One of the `max_opening` slots for listing or opening a database; `None` only if the store
+/// is shutting down (the semaphore is never closed otherwise).
+async fn open_slot(ctx: &TenantCtx) -> Option<OwnedSemaphorePermit> {
+    ctx.shared.opens.clone().acquire_owned().await.ok()
+}
+
+/// `slot`: the caller's open slot (see [`open_slot`]); acquired here if the database must be
+/// opened and the caller holds none. The caller decides when to release it.
 async fn step(
     ctx: &TenantCtx,
     cold: &mut Cold,
     db: &mut Option<Db>,
+    slot: &mut Option<OwnedSemaphorePermit>,
     last_checkpoint: &mut Instant,
     synced_since_checkpoint: &mut bool,
 ) -> Result<usize, StepError> {
@@ -382,18 +428,16 @@ async fn step(
     if full_expected && pos.txid == 0 {
         ctx.status.update(|s| s.state = State::Snapshotting);
     }
-    let permit = if taken.is_none() {
-        Some(
+    if taken.is_none() && slot.is_none() {
+        *slot = Some(
             ctx.shared
                 .opens
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|e| StepError::Join(e.to_string()))?,
-        )
-    } else {
-        None
-    };
+        );
+    }
     let since = *last_checkpoint;
     let dirty = *synced_since_checkpoint;
     let (handle, res) = tokio::task::spawn_blocking(move || {
@@ -432,7 +476,6 @@ async fn step(
     })
     .await
     .map_err(|e| StepError::Join(e.to_string()))?;
-    drop(permit);
     *db = handle;
     let (staged, pos, proof, checkpointed) = res?;
     if checkpointed {

@@ -369,8 +369,10 @@ pub fn scan_with_salts(
         frames: 0,
         reached_end: true,
     };
-    // Pages of the transaction in progress: published only when its commit frame arrives.
-    let mut txn: BTreeMap<u32, u64> = BTreeMap::new();
+    // Frames of the transaction in progress, in WAL order: published only when its commit frame
+    // arrives, by inserting each (a later frame of a page replaces the earlier one). Not
+    // `BTreeMap::append`: that rebuilds the whole map, once per commit, O(frames²) per scan.
+    let mut txn: Vec<(u32, u64)> = Vec::new();
     let mut txn_frames = 0u64;
     let mut chain = seed;
     let mut offset = from;
@@ -389,11 +391,11 @@ pub fn scan_with_salts(
             if chain != fh.checksum() {
                 break 'read;
             }
-            txn.insert(fh.pgno, offset);
+            txn.push((fh.pgno, offset));
             txn_frames += 1;
             offset += frame_size;
             if fh.is_commit() {
-                out.pages.append(&mut txn);
+                out.pages.extend(txn.drain(..));
                 out.frames += txn_frames;
                 txn_frames = 0;
                 out.end = offset;

@@ -462,6 +462,11 @@ async fn a_commit_found_while_going_idle_is_shipped_and_reported() {
     write_txn(&app, &mut seq, 5);
     store.register(ID, &h.db).unwrap();
     h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    // An announced change: the tenant is hot (past its first, start-up period, which closes at
+    // once when the app is quiet).
+    write_txn(&app, &mut seq, 5);
+    store.wake(ID);
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
     // Written while hot, never announced: only going cold (the seal) picks it up.
     write_txn(&app, &mut seq, 5);
     h.wait_replicated(&dump(&h.db), CATCH_UP).await;

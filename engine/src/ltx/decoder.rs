@@ -18,8 +18,23 @@ use super::{
 /// sizing a multi-gigabyte allocation.
 const MAX_COMPRESSED_PAGE_FACTOR: u64 = 2;
 const MAX_COMPRESSED_PAGE_SLACK: u64 = 64;
+/// The largest block payload accepted for one page (see the constants above).
+pub(super) fn max_compressed_page(page_size: u32) -> u64 {
+    MAX_COMPRESSED_PAGE_FACTOR * u64::from(page_size) + MAX_COMPRESSED_PAGE_SLACK
+}
+
 /// Go's `binary.MaxVarintLen64`.
 const MAX_VARINT_LEN: usize = 10;
+
+/// A page read by [`Decoder::next_page_raw`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawPage {
+    pub pgno: u32,
+    /// True for a block-encoded frame (page flags 0x0001, Litestream 0.5.16+ and this crate),
+    /// which [`super::Encoder::encode_raw_page`] can copy; false for the LZ4-frame encoding of
+    /// Litestream 0.5.0–0.5.15, which must be encoded again.
+    pub block: bool,
+}
 
 /// Reads one LTX file from `R`. Give it a buffered reader: the page index is read byte by byte.
 pub struct Decoder<R: Read> {
@@ -84,6 +99,32 @@ impl<R: Read> Decoder<R> {
     /// Decodes the next page into `buf` (resized to the page size) and returns its number, or
     /// `None` at the end of the page block (and on every call after that).
     pub fn next_page(&mut self, buf: &mut Vec<u8>) -> Result<Option<u32>> {
+        self.read_page(buf, None)
+    }
+
+    /// Like [`Decoder::next_page`], and also hands out the page's frame exactly as stored — page
+    /// header, size field if present, compressed payload — in `frame` (replacing its contents),
+    /// so that it can be copied into another file without compressing the page again (see
+    /// [`super::Encoder::encode_raw_page`]). The page is still decompressed into `buf`, checked
+    /// and hashed: the file checksum covers the decompressed bytes, so [`Decoder::finish`]
+    /// verifies exactly what it verifies after `next_page`.
+    pub fn next_page_raw(
+        &mut self,
+        buf: &mut Vec<u8>,
+        frame: &mut Vec<u8>,
+    ) -> Result<Option<RawPage>> {
+        frame.clear();
+        let Some(pgno) = self.read_page(buf, Some(frame))? else {
+            return Ok(None);
+        };
+        let flags = u16::from_be_bytes([frame[4], frame[5]]);
+        Ok(Some(RawPage {
+            pgno,
+            block: flags & PAGE_FLAG_SIZE != 0,
+        }))
+    }
+
+    fn read_page(&mut self, buf: &mut Vec<u8>, raw: Option<&mut Vec<u8>>) -> Result<Option<u32>> {
         if self.pages_done {
             return Ok(None);
         }
@@ -100,11 +141,11 @@ impl<R: Read> Decoder<R> {
 
         let page_size = self.header.page_size as usize;
         buf.resize(page_size, 0);
+        let mut size = [0u8; 4];
         if flags & PAGE_FLAG_SIZE != 0 {
-            let mut size = [0u8; 4];
             self.read_hashed(&mut size, "compressed page size")?;
             let size = u64::from(u32::from_be_bytes(size));
-            let max = MAX_COMPRESSED_PAGE_FACTOR * page_size as u64 + MAX_COMPRESSED_PAGE_SLACK;
+            let max = max_compressed_page(self.header.page_size);
             if size > max {
                 return Err(LtxError::CompressedSizeTooLarge { pgno, size, max });
             }
@@ -124,6 +165,14 @@ impl<R: Read> Decoder<R> {
             }
         } else {
             self.offset += read_frame_page(&mut self.r, pgno, &mut self.scratch, buf)?;
+        }
+        if let Some(raw) = raw {
+            // `scratch` holds the payload (block) or the whole LZ4 frame (frame encoding).
+            raw.extend_from_slice(&ph);
+            if flags & PAGE_FLAG_SIZE != 0 {
+                raw.extend_from_slice(&size);
+            }
+            raw.extend_from_slice(&self.scratch);
         }
         self.digest.update(buf);
         if let Some(sum) = self.db_checksum.as_mut() {

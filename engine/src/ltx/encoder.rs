@@ -5,6 +5,7 @@
 
 use std::io::Write;
 
+use super::decoder::max_compressed_page;
 use super::{
     encode_frame_page, lock_page, Crc64Digest, Header, LtxError, PageIndexEntry, Result,
     CHECKSUM_FLAG, CRC64, HEADER_SIZE, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE,
@@ -114,6 +115,38 @@ impl<W: Write> Encoder<W> {
         Ok(())
     }
 
+    /// Writes a block-encoded page frame copied from another LTX file (from
+    /// [`super::Decoder::next_page_raw`]) without compressing the page again; `data` must be
+    /// what the frame decompresses to (the decoder produced both). The page index entry and the
+    /// file checksum (which hashes `data`, as for [`Encoder::encode_page`]) come out exactly as
+    /// if the page had been encoded here, and so does every byte when the frame was written by
+    /// this encoder. Only for block encoding: a frame-encoded page must go through
+    /// `encode_page`. Rejected pages leave the encoder usable; an I/O error does not.
+    pub fn encode_raw_page(&mut self, pgno: u32, frame: &[u8], data: &[u8]) -> Result<()> {
+        if self.failed {
+            return Err(LtxError::EncoderFailed);
+        }
+        self.check_page(pgno, data.len())?;
+        check_raw_frame(pgno, frame, self.encoding, self.header.page_size)?;
+        let start = self.offset;
+        let (head, _) = frame.split_at(PAGE_HEADER_SIZE + 4);
+        let result = self.w.write_all(frame);
+        if let Err(e) = result {
+            self.failed = true;
+            return Err(e.into());
+        }
+        self.digest.update(head);
+        self.digest.update(data);
+        self.offset += frame.len() as u64;
+        self.index.push(PageIndexEntry {
+            pgno: u64::from(pgno),
+            offset: start,
+            size: self.offset - start,
+        });
+        self.prev_pgno = pgno;
+        Ok(())
+    }
+
     fn check_page(&self, pgno: u32, len: usize) -> Result<()> {
         let h = &self.header;
         if len != h.page_size as usize {
@@ -207,6 +240,40 @@ impl<W: Write> Encoder<W> {
         self.w.flush()?;
         Ok((self.w, checksum))
     }
+}
+
+/// A frame handed to [`Encoder::encode_raw_page`] must be one whole block-encoded frame of page
+/// `pgno`: header with that page number and flags 0x0001, a size field equal to the payload
+/// length, and a payload within the decoder's bound for one page.
+fn check_raw_frame(pgno: u32, frame: &[u8], encoding: PageEncoding, page_size: u32) -> Result<()> {
+    let invalid = |why: &str| LtxError::Invalid(format!("raw frame of page {pgno}: {why}"));
+    if encoding != PageEncoding::Block {
+        return Err(invalid("the output uses the frame encoding"));
+    }
+    let Some((head, payload)) = frame.split_at_checked(PAGE_HEADER_SIZE + 4) else {
+        return Err(invalid("shorter than a page header and size"));
+    };
+    let found = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let flags = u16::from_be_bytes([head[4], head[5]]);
+    let size = u32::from_be_bytes([head[6], head[7], head[8], head[9]]);
+    if found != pgno {
+        return Err(invalid("page header names another page"));
+    }
+    if flags != PAGE_FLAG_SIZE {
+        return Err(LtxError::InvalidPageFlags { pgno, flags });
+    }
+    if size as usize != payload.len() {
+        return Err(invalid("size field does not match the payload"));
+    }
+    let max = max_compressed_page(page_size);
+    if u64::from(size) > max {
+        return Err(LtxError::CompressedSizeTooLarge {
+            pgno,
+            size: u64::from(size),
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// The last page of a complete snapshot of `commit` pages (the lock page is never stored).
