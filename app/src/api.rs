@@ -145,8 +145,14 @@ pub struct ClientStatus {
     pub local_txid: Option<String>,
     /// Last TXID durable in the replica; never ahead of `local_txid`.
     pub replicated_txid: Option<String>,
-    /// Seconds since the oldest committed change not yet durable in the replica; `None` = unknown.
+    /// Seconds since the oldest committed change not yet durable in the replica, when the
+    /// server serialized the row; `None` = unknown.
     pub lag_seconds: Option<f64>,
+    /// RFC 3339: commit time of the oldest change not yet durable in the replica; `None` =
+    /// nothing pending. The page computes the lag live from it (a stuck tenant's lag grows
+    /// without any `changed` message); older servers omit it.
+    #[serde(default)]
+    pub pending_since: Option<String>,
     /// RFC 3339.
     pub last_sync_at: Option<String>,
     pub bytes_uploaded: u64,
@@ -163,12 +169,14 @@ impl ClientStatus {
     pub const STARTING: &'static str = "starting";
 }
 
-/// One text frame on `/ws`, JSON with a `"type"` tag (`"snapshot"`, `"added"`, `"changed"`,
-/// `"removed"`, `"summary"`); fields are camelCase.
+/// One text frame on `/ws`, JSON with a `"type"` tag (`"snapshot"`, `"batch"`, `"summary"`, and
+/// inside a batch `"added"`, `"changed"`, `"removed"`, `"summary"`); fields are camelCase.
 ///
 /// Contract: the server sends a `Snapshot` first on every connection, so a reconnecting page
-/// resynchronises without another `GET /api/status`. After that it sends the deltas in the order
-/// they happened. A `Summary` is authoritative for the totals it carries.
+/// resynchronises without another `GET /api/status`. After that it sends one `Batch` per
+/// coalescing window (at most a few a second, however many tenants changed) holding the deltas
+/// in the order they are to be applied, plus a periodic `Summary`. A `Summary` is authoritative
+/// for the totals it carries. A connection that falls behind gets a fresh `Snapshot`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
@@ -184,7 +192,8 @@ pub enum WsMessage {
     Changed { client: ClientStatus },
     /// A client is gone (its database file was removed).
     Removed { client_id: String },
-    /// Server-wide numbers, sent when they change and periodically (uptime).
+    /// Server-wide numbers, sent when tenants come or go (inside that window's batch) and
+    /// periodically (uptime, lag growth).
     Summary {
         total_clients: u64,
         active_clients: u64,
@@ -197,7 +206,16 @@ pub enum WsMessage {
         worst_lag_seconds: Option<f64>,
         #[serde(default)]
         bytes_uploaded: u64,
+        /// As in [`StatusResponse`]: skipped non-tenant names and duplicate tenant files.
+        #[serde(default)]
+        ignored_files: u64,
+        #[serde(default)]
+        duplicate_files: Vec<String>,
     },
+    /// Everything one coalescing window changed, as one frame: `added`, `changed`, `removed`
+    /// and `summary` messages, applied in order. The server never nests a `Batch` or a
+    /// `Snapshot` in it (a page applies them anyway).
+    Batch { messages: Vec<WsMessage> },
 }
 
 #[cfg(test)]
@@ -215,6 +233,7 @@ mod tests {
             local_txid: Some("0000000000000003".into()),
             replicated_txid: Some("0000000000000002".into()),
             lag_seconds: Some(0.5),
+            pending_since: Some("2026-11-29T14:59:59.5Z".into()),
             last_sync_at: None,
             bytes_uploaded: 4096,
             objects_uploaded: 2,
@@ -268,6 +287,7 @@ mod tests {
                     "localTxid": "0000000000000003",
                     "replicatedTxid": "0000000000000002",
                     "lagSeconds": 0.5,
+                    "pendingSince": "2026-11-29T14:59:59.5Z",
                     "lastSyncAt": null,
                     "bytesUploaded": 4096,
                     "objectsUploaded": 2,
@@ -288,6 +308,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.local_txid, None);
         assert_eq!(c.lag_seconds, None);
+        assert_eq!(c.pending_since, None);
         assert_eq!(c.last_error, None);
     }
 
@@ -310,10 +331,33 @@ mod tests {
                     error_clients: 1,
                     worst_lag_seconds: Some(0.5),
                     bytes_uploaded: 10,
+                    ignored_files: 3,
+                    duplicate_files: vec!["/c/a.sqlite".into()],
                 },
                 json!({"type": "summary", "totalClients": 2, "activeClients": 1,
                        "uptime": "3s", "uptimeSeconds": 3, "s3Status": "ok",
-                       "errorClients": 1, "worstLagSeconds": 0.5, "bytesUploaded": 10}),
+                       "errorClients": 1, "worstLagSeconds": 0.5, "bytesUploaded": 10,
+                       "ignoredFiles": 3, "duplicateFiles": ["/c/a.sqlite"]}),
+            ),
+            (
+                WsMessage::Batch {
+                    messages: vec![
+                        WsMessage::Removed {
+                            client_id: "a".into(),
+                        },
+                        WsMessage::Removed {
+                            client_id: "b".into(),
+                        },
+                    ],
+                },
+                json!({"type": "batch", "messages": [
+                    {"type": "removed", "clientId": "a"},
+                    {"type": "removed", "clientId": "b"}
+                ]}),
+            ),
+            (
+                WsMessage::Batch { messages: vec![] },
+                json!({"type": "batch", "messages": []}),
             ),
         ];
         for (msg, expected) in cases {
@@ -332,6 +376,36 @@ mod tests {
         .unwrap();
         assert_eq!(snapshot["type"], "snapshot");
         assert_eq!(snapshot["status"]["totalClients"], 0);
+
+        let batch = serde_json::to_value(WsMessage::Batch {
+            messages: vec![
+                WsMessage::Added { client: client() },
+                WsMessage::Changed { client: client() },
+            ],
+        })
+        .unwrap();
+        assert_eq!(batch["type"], "batch");
+        assert_eq!(batch["messages"][0]["type"], "added");
+        assert_eq!(batch["messages"][1]["type"], "changed");
+        assert_eq!(
+            batch["messages"][1]["client"]["pendingSince"],
+            "2026-11-29T14:59:59.5Z"
+        );
+    }
+
+    #[test]
+    fn summary_of_an_older_server_reads_without_the_file_counts() {
+        let m: WsMessage = serde_json::from_value(json!({"type": "summary", "totalClients": 1,
+            "activeClients": 1, "uptime": "1s", "uptimeSeconds": 1, "s3Status": "ok"}))
+        .unwrap();
+        match m {
+            WsMessage::Summary {
+                ignored_files,
+                duplicate_files,
+                ..
+            } => assert_eq!((ignored_files, duplicate_files.len()), (0, 0)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! The browser's link to the server: one `GET /api/status` for a fast first paint, then the
-//! `/ws` message stream, reopened with capped exponential backoff whenever it closes; plus the
-//! tenant detail fetch and the clipboard.
+//! The browser's link to the server: the `/ws` message stream (its first message is the full
+//! snapshot, so the page does not also fetch `GET /api/status`: at 10,000 tenants that would be
+//! every row twice), reopened with capped exponential backoff whenever it closes; plus the
+//! tenant detail fetch, the clipboard and the one-second clock the live lags follow.
+//!
+//! Fallback: when the WebSocket fails before the page has any status (a proxy that refuses the
+//! upgrade, say), one `GET /api/status` per failure streak fills the page, marked offline.
 //!
 //! Invariant: at most one WebSocket is open per page. The socket and its callbacks live in
 //! [`SOCKET`]; a reconnect replaces them from a timer, never from inside one of the old socket's
@@ -27,6 +31,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long messages gather before one redraw: well under the 2 s a new tenant may take to
 /// appear, long enough to merge a burst.
 const BATCH_DELAY: Duration = Duration::from_millis(50);
+/// The clock the live lags follow ticks this often.
+const CLOCK_TICK: Duration = Duration::from_secs(1);
 
 struct Socket {
     ws: WebSocket,
@@ -45,15 +51,22 @@ thread_local! {
     static FLUSH_SCHEDULED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Starts the initial fetch and the WebSocket. Called once by `App`.
+/// Opens the WebSocket. Called once by `App`.
 pub fn start(state: RwSignal<DashboardState>, connection: RwSignal<Connection>) {
-    leptos::task::spawn_local(async move {
-        match fetch_status().await {
-            Ok(status) => state.update(|s| s.apply_http_status(status)),
-            Err(err) => leptos::logging::warn!("GET /api/status failed: {err}"),
-        }
-    });
     connect(state, connection);
+}
+
+/// Browser time, seconds since the epoch.
+fn now_secs() -> f64 {
+    js_sys::Date::now() / 1000.0
+}
+
+/// Sets `now` to the browser's time, then again every [`CLOCK_TICK`]. Called once by `App`.
+pub fn start_clock(now: RwSignal<Option<f64>>) {
+    now.set(Some(now_secs()));
+    if let Err(err) = set_interval_with_handle(move || now.set(Some(now_secs())), CLOCK_TICK) {
+        leptos::logging::warn!("no clock for the live lags: {}", js_error(err));
+    }
 }
 
 fn connect(state: RwSignal<DashboardState>, connection: RwSignal<Connection>) {
@@ -116,7 +129,8 @@ fn flush(state: RwSignal<DashboardState>) {
     FLUSH_SCHEDULED.with(|f| f.set(false));
     let batch = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     if !batch.is_empty() {
-        state.update(|s| batch.into_iter().for_each(|msg| s.apply(msg)));
+        let now = now_secs();
+        state.update(|s| batch.into_iter().for_each(|msg| s.apply_at(msg, now)));
     }
 }
 
@@ -126,6 +140,16 @@ fn schedule_reconnect(state: RwSignal<DashboardState>, connection: RwSignal<Conn
         f.set(n);
         n
     });
+    if failures == 1 && !state.with_untracked(|s| s.loaded) {
+        // No snapshot yet and the WebSocket failed: show the HTTP status meanwhile (a snapshot
+        // arriving later replaces it; a late answer never rolls a snapshot back).
+        leptos::task::spawn_local(async move {
+            match fetch_status().await {
+                Ok(status) => state.update(|s| s.apply_http_status(status)),
+                Err(err) => leptos::logging::warn!("GET /api/status failed: {err}"),
+            }
+        });
+    }
     let delay = backoff(failures);
     set_timeout(move || connect(state, connection), delay);
 }

@@ -10,6 +10,11 @@
 //! only references and cloning the [`PAGE_SIZE`] rows it returns, so 10,000 tenants cost a few
 //! milliseconds per update. [`parse_detail`] reads `GET /api/clients/{id}` leniently, so a
 //! server that still answers a bare [`ClientStatus`] shows what it has.
+//!
+//! Lags are shown live: a row whose changes are pending carries `pendingSince`, and the page
+//! computes `now − pendingSince` on the server's clock (the offset to the browser's clock is
+//! estimated from the rows, see [`DashboardState::apply_at`]), so a stuck tenant's lag keeps
+//! growing on screen although the server sends no message for it.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -62,6 +67,23 @@ impl Connection {
 pub struct Row {
     pub rev: u64,
     pub client: ClientStatus,
+    /// `client.pending_since` in seconds since the epoch (server clock), parsed once.
+    pub pending_since: Option<f64>,
+}
+
+impl Row {
+    /// The lag at `server_now` (seconds since the epoch on the server's clock): the time since
+    /// `pendingSince`, never less than the `lagSeconds` the server sent; `lagSeconds` as sent
+    /// when there is no time or nothing is pending.
+    pub fn lag_at(&self, server_now: Option<f64>) -> Option<f64> {
+        match (self.pending_since, server_now) {
+            (Some(since), Some(now)) => {
+                let live = (now - since).max(0.0);
+                Some(self.client.lag_seconds.map_or(live, |l| l.max(live)))
+            }
+            _ => self.client.lag_seconds,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -79,6 +101,10 @@ pub struct DashboardState {
     pub error_clients: u64,
     pub worst_lag_seconds: Option<f64>,
     pub bytes_uploaded: u64,
+    /// Files in the watch directories that are not tenants, and tenant files skipped because
+    /// another file owns their id (their paths), from the last snapshot or summary.
+    pub ignored_files: u64,
+    pub duplicate_files: Vec<String>,
     /// Whether any status (HTTP or WebSocket) has arrived yet.
     pub loaded: bool,
     /// Whether a `/ws` snapshot has been applied: from then on HTTP answers are stale.
@@ -86,6 +112,12 @@ pub struct DashboardState {
     /// Sorted by client id, so the table order is stable.
     clients: BTreeMap<String, Row>,
     next_rev: u64,
+    /// Server clock minus browser clock, seconds: the largest `pendingSince + lagSeconds −
+    /// received` over the rows received since the last snapshot (transit only makes a sample
+    /// smaller). `None` until a row with something pending arrived.
+    clock_offset: Option<f64>,
+    /// Browser time of the message being applied (set by [`Self::apply_at`]).
+    received_at: Option<f64>,
 }
 
 impl DashboardState {
@@ -96,12 +128,32 @@ impl DashboardState {
         }
     }
 
+    /// One message from `/ws`, received at browser time `now` (seconds since the epoch): the
+    /// rows it carries also refine the estimate of the server's clock for the live lags.
+    pub fn apply_at(&mut self, msg: WsMessage, now: f64) {
+        self.received_at = Some(now).filter(|t| t.is_finite());
+        self.apply(msg);
+        self.received_at = None;
+    }
+
+    /// The server's clock at browser time `now`, as far as the rows tell; `now` itself before
+    /// any row with something pending arrived.
+    pub fn server_now(&self, now: f64) -> f64 {
+        now + self.clock_offset.unwrap_or(0.0)
+    }
+
     /// One message from `/ws`.
     pub fn apply(&mut self, msg: WsMessage) {
         match msg {
             WsMessage::Snapshot { status } => {
                 self.ws_synced = true;
+                self.clock_offset = None;
                 self.replace(status);
+            }
+            WsMessage::Batch { messages } => {
+                for m in messages {
+                    self.apply(m);
+                }
             }
             WsMessage::Added { client } | WsMessage::Changed { client } => {
                 if self.upsert(client) {
@@ -122,6 +174,8 @@ impl DashboardState {
                 error_clients,
                 worst_lag_seconds,
                 bytes_uploaded,
+                ignored_files,
+                duplicate_files,
             } => {
                 self.total_clients = total_clients;
                 self.active_clients = active_clients;
@@ -130,6 +184,8 @@ impl DashboardState {
                 self.error_clients = error_clients;
                 self.worst_lag_seconds = worst_lag_seconds;
                 self.bytes_uploaded = bytes_uploaded;
+                self.ignored_files = ignored_files;
+                self.duplicate_files = duplicate_files;
             }
         }
     }
@@ -144,11 +200,17 @@ impl DashboardState {
         self.clients.len()
     }
 
-    /// Errors, worst lag and bytes uploaded over every tenant the page holds (all of them: the
-    /// `/ws` snapshot carries every tenant and the deltas keep them current). The worst lag is
-    /// the larger of the rows' and the last summary's: a stuck tenant's lag grows without any
-    /// row change, and the periodic summary carries that growth.
+    /// [`Self::totals_at`] with the lags as the server sent them.
     pub fn totals(&self) -> Totals {
+        self.totals_at(None)
+    }
+
+    /// Errors, worst lag and bytes uploaded over every tenant the page holds (all of them: the
+    /// `/ws` snapshot carries every tenant and the deltas keep them current). Lags are live at
+    /// browser time `now` (see [`Row::lag_at`]). The worst lag is the larger of the rows' and
+    /// the last summary's.
+    pub fn totals_at(&self, now: Option<f64>) -> Totals {
+        let server_now = now.map(|n| self.server_now(n));
         let mut totals = Totals {
             worst_lag_seconds: self.worst_lag_seconds.filter(|l| l.is_finite()),
             ..Totals::default()
@@ -158,7 +220,7 @@ impl DashboardState {
             if c.status == ClientStatus::ERROR {
                 totals.error_clients += 1;
             }
-            if let Some(lag) = c.lag_seconds.filter(|l| l.is_finite()) {
+            if let Some(lag) = row.lag_at(server_now).filter(|l| l.is_finite()) {
                 totals.worst_lag_seconds =
                     Some(totals.worst_lag_seconds.map_or(lag, |w| w.max(lag)));
             }
@@ -179,9 +241,16 @@ impl DashboardState {
             .collect()
     }
 
-    /// The rows `query` selects: filtered, sorted, and cut to its page (clamped to the last
-    /// page, so a shrinking table never leaves the view past its end).
+    /// [`Self::page_at`] with the lags as the server sent them.
     pub fn page(&self, query: &TableQuery) -> TablePage {
+        self.page_at(query, None)
+    }
+
+    /// The rows `query` selects: filtered, sorted (lags live at browser time `now`), and cut to
+    /// its page (clamped to the last page, so a shrinking table never leaves the view past its
+    /// end).
+    pub fn page_at(&self, query: &TableQuery, now: Option<f64>) -> TablePage {
+        let server_now = now.map(|n| self.server_now(n));
         let needle = query.search.trim().to_lowercase();
         let mut matched: Vec<&Row> = self
             .clients
@@ -205,12 +274,14 @@ impl DashboardState {
                     matched.reverse();
                 }
             }
-            SortKey::Lag => sort_by_option(&mut matched, query.descending, |c| c.lag_seconds),
-            SortKey::LastSync => sort_by_option(&mut matched, query.descending, |c| {
-                c.last_sync_at.as_deref().and_then(parse_rfc3339)
+            SortKey::Lag => {
+                sort_by_option(&mut matched, query.descending, |r| r.lag_at(server_now))
+            }
+            SortKey::LastSync => sort_by_option(&mut matched, query.descending, |r| {
+                r.client.last_sync_at.as_deref().and_then(parse_rfc3339)
             }),
-            SortKey::Bytes => sort_by_option(&mut matched, query.descending, |c| {
-                Some(c.bytes_uploaded as f64)
+            SortKey::Bytes => sort_by_option(&mut matched, query.descending, |r| {
+                Some(r.client.bytes_uploaded as f64)
             }),
         }
         let size = query.page_size.max(1);
@@ -233,6 +304,10 @@ impl DashboardState {
         self.clients.get(client_id).map(|row| &row.client)
     }
 
+    pub fn row(&self, client_id: &str) -> Option<&Row> {
+        self.clients.get(client_id)
+    }
+
     fn replace(&mut self, status: StatusResponse) {
         self.loaded = true;
         self.bucket = status.bucket;
@@ -244,11 +319,16 @@ impl DashboardState {
         self.error_clients = status.error_clients;
         self.worst_lag_seconds = status.worst_lag_seconds;
         self.bytes_uploaded = status.bytes_uploaded;
+        self.ignored_files = status.ignored_files;
+        self.duplicate_files = status.duplicate_files;
         let mut old = std::mem::take(&mut self.clients);
         for client in status.clients {
             // Keep the revision of unchanged rows so a resync does not redraw the whole table.
             let row = match old.remove(&client.client_id) {
-                Some(row) if row.client == client => row,
+                Some(row) if row.client == client => {
+                    self.observe_clock(&row);
+                    row
+                }
                 _ => self.new_row(client),
             };
             self.clients.insert(row.client.client_id.clone(), row);
@@ -269,9 +349,25 @@ impl DashboardState {
 
     fn new_row(&mut self, client: ClientStatus) -> Row {
         self.next_rev += 1;
-        Row {
+        let row = Row {
             rev: self.next_rev,
+            pending_since: client.pending_since.as_deref().and_then(parse_rfc3339),
             client,
+        };
+        self.observe_clock(&row);
+        row
+    }
+
+    /// A row just received says what the server's clock read when it serialized the row:
+    /// `pendingSince + lagSeconds`.
+    fn observe_clock(&mut self, row: &Row) {
+        if let (Some(at), Some(since), Some(lag)) =
+            (self.received_at, row.pending_since, row.client.lag_seconds)
+        {
+            let sample = since + lag - at;
+            if sample.is_finite() {
+                self.clock_offset = Some(self.clock_offset.map_or(sample, |o| o.max(sample)));
+            }
         }
     }
 }
@@ -411,12 +507,8 @@ fn contains_ci(hay: &str, needle_lower: &str) -> bool {
 }
 
 /// Stable sort by a numeric key; rows without a value go last in either direction.
-fn sort_by_option(
-    rows: &mut Vec<&Row>,
-    descending: bool,
-    key: impl Fn(&ClientStatus) -> Option<f64>,
-) {
-    let mut keyed: Vec<(Option<f64>, &Row)> = rows.iter().map(|r| (key(&r.client), *r)).collect();
+fn sort_by_option(rows: &mut Vec<&Row>, descending: bool, key: impl Fn(&Row) -> Option<f64>) {
+    let mut keyed: Vec<(Option<f64>, &Row)> = rows.iter().map(|r| (key(r), *r)).collect();
     keyed.sort_by(|(a, _), (b, _)| match (a, b) {
         (Some(a), Some(b)) => {
             let ord = a.partial_cmp(b).unwrap_or(Ordering::Equal);
@@ -667,6 +759,8 @@ mod tests {
             error_clients: 0,
             worst_lag_seconds: None,
             bytes_uploaded: 0,
+            ignored_files: 0,
+            duplicate_files: vec![],
         });
         assert_eq!((state.total_clients, state.active_clients), (7, 3));
         assert_eq!(state.uptime, "2m0s");
@@ -842,6 +936,8 @@ mod tests {
             error_clients: 0,
             worst_lag_seconds: None,
             bytes_uploaded: 2000,
+            ignored_files: 4,
+            duplicate_files: vec!["/c/x.sqlite".into()],
         });
         assert_eq!(
             (
@@ -850,6 +946,135 @@ mod tests {
                 state.bytes_uploaded
             ),
             (0, None, 2000)
+        );
+    }
+
+    #[test]
+    fn snapshot_and_summary_carry_ignored_and_duplicate_files() {
+        let mut status = snapshot(vec![]);
+        status.ignored_files = 2;
+        status.duplicate_files = vec!["/c/a.sqlite".into()];
+        let mut state = state_with(vec![]);
+        state.apply(WsMessage::Snapshot { status });
+        assert_eq!(state.ignored_files, 2);
+        assert_eq!(state.duplicate_files, ["/c/a.sqlite"]);
+        state.apply(WsMessage::Batch {
+            messages: vec![WsMessage::Summary {
+                total_clients: 0,
+                active_clients: 0,
+                uptime: "1s".into(),
+                uptime_seconds: 1,
+                s3_status: "ok".into(),
+                error_clients: 0,
+                worst_lag_seconds: None,
+                bytes_uploaded: 0,
+                ignored_files: 3,
+                duplicate_files: vec![],
+            }],
+        });
+        assert_eq!((state.ignored_files, state.duplicate_files.len()), (3, 0));
+    }
+
+    #[test]
+    fn a_batch_applies_its_messages_in_order() {
+        let mut state = state_with(vec![tenant("a", "", "idle", None, 0)]);
+        state.apply(WsMessage::Batch {
+            messages: vec![
+                WsMessage::Added {
+                    client: tenant("b", "", "starting", None, 0),
+                },
+                WsMessage::Changed {
+                    client: tenant("a", "", "replicating", Some(1.0), 10),
+                },
+                WsMessage::Removed {
+                    client_id: "b".into(),
+                },
+                WsMessage::Added {
+                    client: tenant("c", "", "idle", None, 0),
+                },
+            ],
+        });
+        assert_eq!(ids(&state), ["a", "c"]);
+        assert_eq!(state.total_clients, 2);
+        assert_eq!(state.client("a").unwrap().status, "replicating");
+        // An empty batch changes nothing; a nested one is applied like any other message.
+        let before = state.clone();
+        state.apply(WsMessage::Batch { messages: vec![] });
+        assert_eq!(state, before);
+        state.apply(WsMessage::Batch {
+            messages: vec![WsMessage::Batch {
+                messages: vec![WsMessage::Removed {
+                    client_id: "c".into(),
+                }],
+            }],
+        });
+        assert_eq!(ids(&state), ["a"]);
+    }
+
+    fn pending(id: &str, lag: f64, since: &str) -> ClientStatus {
+        ClientStatus {
+            pending_since: Some(since.into()),
+            ..tenant(id, "", "replicating", Some(lag), 0)
+        }
+    }
+
+    #[test]
+    fn lag_grows_live_from_pending_since_on_the_servers_clock() {
+        // 2026-11-29T13:59:18Z = 1_795_960_758. The server serialized the row at :20 (lag 2 s);
+        // the browser's clock is 100 s behind and received it at (server) :20.
+        let t0 = 1_795_960_758.0;
+        let browser = |server: f64| server - 100.0;
+        let mut state = DashboardState::default();
+        state.apply_at(
+            WsMessage::Snapshot {
+                status: snapshot(vec![
+                    pending("stuck", 2.0, "2026-11-29T13:59:18Z"),
+                    tenant("quiet", "", "idle", Some(0.0), 0),
+                ]),
+            },
+            browser(t0 + 2.0),
+        );
+        let now = browser(t0 + 12.0);
+        assert_eq!(state.server_now(now), t0 + 12.0);
+        let stuck = state.row("stuck").unwrap();
+        assert_eq!(stuck.lag_at(Some(state.server_now(now))), Some(12.0));
+        assert_eq!(stuck.lag_at(None), Some(2.0), "no clock: as sent");
+        let quiet = state.row("quiet").unwrap();
+        assert_eq!(quiet.lag_at(Some(state.server_now(now))), Some(0.0));
+        assert_eq!(state.totals_at(Some(now)).worst_lag_seconds, Some(12.0));
+        assert_eq!(state.totals().worst_lag_seconds, Some(2.0));
+
+        // Sorting by lag uses the live values: "late" was sent with the larger lag, but "stuck"
+        // has been pending longer by now.
+        state.apply_at(
+            WsMessage::Batch {
+                messages: vec![WsMessage::Added {
+                    client: pending("late", 5.0, "2026-11-29T13:59:21Z"),
+                }],
+            },
+            browser(t0 + 8.0),
+        );
+        let mut q = TableQuery::default();
+        q.toggle_sort(SortKey::Lag);
+        assert_eq!(
+            page_ids(&state.page_at(&q, Some(now))),
+            ["stuck", "late", "quiet"]
+        );
+        assert_eq!(page_ids(&state.page(&q)), ["late", "stuck", "quiet"]);
+
+        // A row received late (transit) does not pull the clock estimate back.
+        state.apply_at(
+            WsMessage::Changed {
+                client: pending("late", 5.0, "2026-11-29T13:59:21Z"),
+            },
+            browser(t0 + 30.0),
+        );
+        assert_eq!(state.server_now(now), t0 + 12.0);
+        // A row without pendingSince (an older server) shows its lag as sent.
+        let old = state_with(vec![tenant("o", "", "idle", Some(3.0), 0)]);
+        assert_eq!(
+            old.row("o").unwrap().lag_at(Some(old.server_now(now))),
+            Some(3.0)
         );
     }
 
@@ -890,6 +1115,8 @@ mod tests {
             error_clients: 1,
             worst_lag_seconds: Some(9.0),
             bytes_uploaded: 300,
+            ignored_files: 0,
+            duplicate_files: vec![],
         });
         assert_eq!(state.totals().worst_lag_seconds, Some(9.0));
     }

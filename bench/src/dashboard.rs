@@ -2,7 +2,8 @@
 //! W of them committing every `interval_ms`; once every tenant is backed up, C WebSocket clients
 //! stay connected to `/ws` while one client polls `GET /api/status` (the full listing and a
 //! `?limit=100` page, alternately) for S seconds. Reports request latency percentiles, messages
-//! and bytes per second per WebSocket connection (and how many resync snapshots they got), and
+//! (WebSocket frames; a `batch` frame carries one coalescing window's rows) and bytes per second
+//! per WebSocket connection, the rows they carried (and how many resync snapshots they got), and
 //! the manager's RSS and CPU. Ours only: Litestream has no dashboard.
 //!
 //! The WebSocket client is a minimal RFC 6455 reader on a blocking socket (server frames are
@@ -51,8 +52,10 @@ struct WsStats {
     /// The first message (the snapshot): bytes and time from connect.
     snapshot_bytes: u64,
     snapshot_s: f64,
-    /// After the first message.
+    /// After the first message. `messages` counts frames; `changed` and `summaries` count the
+    /// messages inside `batch` frames too.
     messages: u64,
+    batches: u64,
     bytes: u64,
     resyncs: u64,
     changed: u64,
@@ -263,8 +266,12 @@ pub fn run(ctx: &Ctx, args: &DashboardArgs) -> Result<String> {
     md.push('\n');
     let rows = vec![
         vec![
-            "messages/s per connection, mean".into(),
+            "messages (frames)/s per connection, mean".into(),
             per_conn(&|s| s.messages as f64 / secs),
+        ],
+        vec![
+            "of which `batch` frames/s".into(),
+            per_conn(&|s| s.batches as f64 / secs),
         ],
         vec![
             "KiB/s per connection, mean".into(),
@@ -445,11 +452,20 @@ fn ws_read(port: u16, stop: &AtomicBool, measuring: &AtomicBool, st: &mut WsStat
         st.bytes += bytes;
         match kind {
             "snapshot" => st.resyncs += 1,
-            "changed" => st.changed += 1,
-            "summary" => st.summaries += 1,
+            "batch" => st.batches += 1,
             _ => {}
         }
+        if kind != "snapshot" {
+            st.changed += count(&msg, br#"{"type":"changed""#);
+            st.summaries += count(&msg, br#"{"type":"summary""#);
+        }
     }
+}
+
+/// Occurrences of `needle` in `hay`. A message's `{"type":"..."` cannot occur inside a JSON
+/// string (its quotes would be escaped), so this counts the messages of a batch exactly.
+fn count(hay: &[u8], needle: &[u8]) -> u64 {
+    hay.windows(needle.len()).filter(|w| *w == needle).count() as u64
 }
 
 /// The `type` tag, which serde writes first: `{"type":"changed",...}`.
@@ -469,5 +485,12 @@ mod tests {
             "changed"
         );
         assert_eq!(super::message_type(b"nope"), "");
+    }
+
+    #[test]
+    fn count_finds_the_messages_of_a_batch() {
+        let batch = br#"{"type":"batch","messages":[{"type":"changed","client":{"lastError":"{"type":"changed""}},{"type":"changed","client":{}},{"type":"summary"}]}"#;
+        assert_eq!(super::count(batch, br#"{"type":"changed""#), 2);
+        assert_eq!(super::count(batch, br#"{"type":"summary""#), 1);
     }
 }

@@ -1,14 +1,18 @@
 // The dashboard, end to end: the release binary serves the embedded WASM app, which follows the
 // watch directory live over /ws.
 import { randomUUID } from "node:crypto";
-import { test } from "./fixtures/server";
-import { addClientDb, openDashboard, removeClientDb, saveScreenshot } from "./fixtures/actions";
+import { expect, test } from "./fixtures/server";
+import { writeFile } from "node:fs/promises";
+import path from "node:path";
+import { addClientDb, addIgnoredFile, openDashboard, removeClientDb, saveScreenshot } from "./fixtures/actions";
 import {
   expectClientRow,
   expectConnection,
+  expectDuplicateListed,
   expectLive,
   expectNoClientRow,
   expectNoPageErrors,
+  expectSkippedFiles,
   expectTotalClients,
   expectVersionShown,
 } from "./fixtures/checks";
@@ -17,6 +21,11 @@ import {
 const APPEAR_WITHIN_MS = 2_000;
 
 test("dashboard follows client databases live", async ({ page, server }) => {
+  // The WebSocket's snapshot is the first load: no second copy of every row over HTTP.
+  const statusRequests: string[] = [];
+  page.on("request", (r) => {
+    if (new URL(r.url()).pathname === "/api/status") statusRequests.push(r.url());
+  });
   const errors = await openDashboard(page, server);
   await expectLive(page);
   await expectVersionShown(page);
@@ -33,6 +42,26 @@ test("dashboard follows client databases live", async ({ page, server }) => {
   await expectTotalClients(page, 0);
   await saveScreenshot(page, "dashboard-after-removal");
 
+  expectNoPageErrors(errors);
+  expect(statusRequests, "GET /api/status on load").toEqual([]);
+});
+
+/** Files the manager does not replicate are counted on the page, duplicates named in a tooltip. */
+test("dashboard shows ignored and duplicate files", async ({ page, server }) => {
+  const errors = await openDashboard(page, server);
+  await expectLive(page);
+  await expectSkippedFiles(page, 0, 0);
+
+  await addIgnoredFile(server, "notes.txt");
+  const clientId = randomUUID();
+  await addClientDb(server, clientId);
+  await expectClientRow(page, clientId, APPEAR_WITHIN_MS);
+  // The same tenant id under another extension: not replicated, reported as a duplicate.
+  const duplicate = path.join(server.clientsDir, `${clientId}.sqlite`);
+  await writeFile(duplicate, "");
+  await expectSkippedFiles(page, 1, 1);
+  await expectDuplicateListed(page, `${clientId}.sqlite`);
+  await saveScreenshot(page, "dashboard-skipped-files");
   expectNoPageErrors(errors);
 });
 

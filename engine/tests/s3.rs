@@ -143,7 +143,9 @@ async fn store_replicates_to_s3_and_litestream_restores_it_identically() {
     // downloads inputs of higher levels (L1 files compacted into L2 and up).
     let listing = check.list_all(&cancel).await.unwrap();
     assert!(
-        listing.iter().any(|f| f.level == engine::client::SNAPSHOT_LEVEL),
+        listing
+            .iter()
+            .any(|f| f.level == engine::client::SNAPSHOT_LEVEL),
         "the first snapshot was written: {listing:?}"
     );
     let downloadable = listing.iter().filter(|f| (1..9).contains(&f.level)).count() as u64;

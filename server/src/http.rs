@@ -1,6 +1,12 @@
 //! HTTP surface: `/api/status`, `/api/clients/{id}`, `/ws`, `/healthz`, `/readyz`, `/metrics`,
 //! Leptos server functions and the embedded dashboard. Handlers only read engine status and map
 //! it to the `app` wire types; every API error is the JSON [`ApiError`] shape.
+//!
+//! `/ws` fans out through one [`WsHub`] per router: a single task coalesces the store's events
+//! per [`COALESCE`] window, reads the changed statuses once and serializes the window's batch
+//! once; every connection forwards the same bytes. Invariant: a connection sends its snapshot
+//! first, then every frame whose statuses were read after the snapshot started, so it misses
+//! no change; at most one batch frame per window, plus a summary every [`SUMMARY_EVERY`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use app::{ClientStatus, StatusResponse, WsMessage};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +22,7 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use engine::store::{Store, StoreEvent, Target};
 use engine::tenant::TenantStatus;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::listing::Listing;
@@ -46,6 +53,18 @@ pub struct Readiness {
 
 /// A failed S3 probe is repeated by `/readyz` at most this often.
 const READYZ_REPROBE: Duration = Duration::from_secs(10);
+
+/// `/ws` gathers the store's events this long, then sends them as one frame: at most 4 batch
+/// frames a second per connection however many tenants are busy, and a change shows within
+/// ~0.3 s (well under the 2 s a new tenant may take to appear).
+pub const COALESCE: Duration = Duration::from_millis(250);
+
+/// The periodic `/ws` summary (uptime, a stuck tenant's growing lag in the worst-lag card).
+const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
+/// Frames a `/ws` connection may fall behind before it is resynchronised with a snapshot:
+/// 8 s of windows.
+const FRAME_BACKLOG: usize = 32;
 
 /// Aggregates over every tenant, whatever page or filter is asked for.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -152,6 +171,18 @@ impl AppState {
     fn summary(&self) -> WsMessage {
         let totals = Totals::of(&self.store.statuses());
         let up = self.started.elapsed().as_secs();
+        let (ignored_files, duplicate_files) = self
+            .ignored
+            .lock()
+            .map(|i| {
+                (
+                    i.count() as u64,
+                    i.duplicates()
+                        .map(|(p, _)| p.display().to_string())
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
         WsMessage::Summary {
             total_clients: totals.total,
             active_clients: totals.total - totals.errors,
@@ -161,6 +192,8 @@ impl AppState {
             error_clients: totals.errors,
             worst_lag_seconds: totals.worst_lag_seconds,
             bytes_uploaded: totals.bytes_uploaded,
+            ignored_files,
+            duplicate_files,
         }
     }
 }
@@ -177,13 +210,19 @@ impl app::DashboardBackend for AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let hub = Arc::new(WsHub::new(state.clone()));
     Router::new()
         .route("/api/status", get(api_status))
         .route("/api/clients/{id}", get(api_client))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::handler))
-        .route("/ws", get(ws_handler))
+        .route(
+            "/ws",
+            get(move |State(state): State<AppState>, ws: WebSocketUpgrade| {
+                ws_handler(state, hub.clone(), ws)
+            }),
+        )
         .route(
             &format!("{}/{{*fn_name}}", app::SERVER_FN_PREFIX),
             any(server_fn_handler),
@@ -313,113 +352,258 @@ async fn server_fn_handler(State(state): State<AppState>, req: Request) -> Respo
     .into_response()
 }
 
-async fn ws_handler(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| ws_session(state, socket))
+async fn ws_handler(state: AppState, hub: Arc<WsHub>, ws: WebSocketUpgrade) -> Response {
+    // Subscribed before the snapshot is read: no frame after it can be missed.
+    let frames = hub.subscribe();
+    ws.on_upgrade(move |socket| ws_session(state, frames, socket))
 }
 
-/// Sends a snapshot, then coalesced deltas: changes are gathered for a short window so that many
-/// busy tenants produce a few messages a second, not one per sync. A receiver that lagged behind
-/// gets a fresh snapshot.
-async fn ws_session(state: AppState, mut socket: WebSocket) {
-    const COALESCE: Duration = Duration::from_millis(250);
-    let mut events = state.store.subscribe();
-    if send_snapshot(&state, &mut socket).await.is_err() {
-        return;
+/// The `/ws` fan-out of one router: one [`pump`] task coalesces the store's events and
+/// broadcasts each window's frame, serialized once, to every connection.
+pub struct WsHub {
+    state: AppState,
+    frames: broadcast::Sender<Frame>,
+    /// The pump starts with the first connection (it needs a runtime; `router` does not).
+    started: std::sync::Once,
+    /// Jobs for the hub's own thread, see [`WsHub::off_thread`]; set when the pump starts.
+    jobs: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// What the pump broadcasts to the connections.
+#[derive(Clone, Debug)]
+enum Frame {
+    /// A `batch` or a `summary`, as sent on the wire (the bytes are shared, not copied).
+    /// Every status in it was read before `read_at`.
+    Text { text: Utf8Bytes, read_at: Instant },
+    /// The pump lost store events (it fell behind the store's channel): every connection
+    /// sends a fresh snapshot instead.
+    Resync,
+}
+
+impl WsHub {
+    fn new(state: AppState) -> WsHub {
+        let (frames, _) = broadcast::channel(FRAME_BACKLOG);
+        WsHub {
+            state,
+            frames,
+            started: std::sync::Once::new(),
+            jobs: std::sync::OnceLock::new(),
+        }
     }
-    let mut summary_tick = tokio::time::interval(Duration::from_secs(5));
+
+    /// Runs `f` on the hub's own thread: off the async workers (a window of 10,000 rows is
+    /// milliseconds of CPU and megabytes of JSON), and not queued behind the engine's SQLite
+    /// work on the blocking pool, which busy tenants can keep full for seconds. `None` if the
+    /// thread is gone.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.get()?.send(job).ok()?;
+        rx.await.ok()
+    }
+
+    /// The frames from now on; the first call starts the pump.
+    fn subscribe(self: &Arc<Self>) -> broadcast::Receiver<Frame> {
+        let frames = self.frames.subscribe();
+        self.started.call_once(|| {
+            let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+            // Ends when the hub, and so the sender, is dropped.
+            let spawned = std::thread::Builder::new()
+                .name("ws-frames".into())
+                .spawn(move || queue.into_iter().for_each(|job| job()));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the /ws frame thread");
+                return;
+            }
+            let _ = self.jobs.set(jobs);
+            let events = self.state.store.subscribe();
+            tokio::spawn(pump(Arc::downgrade(self), events));
+        });
+        frames
+    }
+}
+
+/// The one task behind every `/ws` connection of a router. A window opens at the first store
+/// event and gathers events for [`COALESCE`]; then the changed statuses are read once and the
+/// window becomes one `batch` frame (on the hub's thread, see [`WsHub::off_thread`]). Every
+/// [`SUMMARY_EVERY`] it also broadcasts a `summary`. With no connection it only drains events;
+/// it ends when the store or the router is gone.
+async fn pump(hub: std::sync::Weak<WsHub>, mut events: broadcast::Receiver<StoreEvent>) {
+    let mut summary_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+    summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut changed: Vec<String> = Vec::new();
-        let mut added: Vec<String> = Vec::new();
-        let mut removed: Vec<String> = Vec::new();
-        let mut resync = false;
+        let mut window = Window::default();
         tokio::select! {
             ev = events.recv() => match ev {
-                Ok(e) => push(e, &mut added, &mut changed, &mut removed),
-                Err(RecvError::Lagged(_)) => resync = true,
+                Ok(e) => window.push(e),
+                Err(RecvError::Lagged(_)) => window.lost = true,
                 Err(RecvError::Closed) => return,
             },
             _ = summary_tick.tick() => {
-                if send(&mut socket, &state.summary()).await.is_err() { return; }
+                let Some(hub) = hub.upgrade() else { return };
+                if hub.frames.receiver_count() > 0 {
+                    let state = hub.state.clone();
+                    let frame = hub.off_thread(move || {
+                        let summary = state.summary();
+                        text_frame(&summary, Instant::now())
+                    });
+                    if let Some(Some(frame)) = frame.await {
+                        let _ = hub.frames.send(frame);
+                    }
+                }
                 continue;
             }
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                _ => continue,
-            },
         }
-        // Gather what else happens within the window.
         let deadline = tokio::time::Instant::now() + COALESCE;
-        while !resync {
+        while !window.lost {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(e)) => push(e, &mut added, &mut changed, &mut removed),
-                Ok(Err(RecvError::Lagged(_))) => resync = true,
+                Ok(Ok(e)) => window.push(e),
+                Ok(Err(RecvError::Lagged(_))) => window.lost = true,
                 Ok(Err(RecvError::Closed)) => return,
                 Err(_) => break,
             }
         }
-        let mut out = Vec::new();
-        if resync {
-            if send_snapshot(&state, &mut socket).await.is_err() {
-                return;
-            }
-        } else {
-            for id in &removed {
-                out.push(WsMessage::Removed {
-                    client_id: id.clone(),
-                });
-            }
-            for id in added.iter().filter(|id| !removed.contains(id)) {
-                if let Some(s) = state.store.status(id) {
-                    out.push(WsMessage::Added {
-                        client: client_dto(&s),
-                    });
-                }
-            }
-            for id in changed
-                .iter()
-                .filter(|id| !removed.contains(id) && !added.contains(id))
-            {
-                if let Some(s) = state.store.status(id) {
-                    out.push(WsMessage::Changed {
-                        client: client_dto(&s),
-                    });
-                }
-            }
-            if !added.is_empty() || !removed.is_empty() {
-                out.push(state.summary());
-            }
+        if window.lost {
+            // One resync per window at most, however fast events come; the snapshots cover
+            // whatever is still queued.
+            tokio::time::sleep_until(deadline).await;
+            events = events.resubscribe();
         }
-        for m in &out {
-            if send(&mut socket, m).await.is_err() {
-                return;
-            }
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.frames.receiver_count() == 0 {
+            // Nobody listens; a later connection starts from a snapshot read after now.
+            continue;
+        }
+        if window.lost {
+            let _ = hub.frames.send(Frame::Resync);
+            continue;
+        }
+        let state = hub.state.clone();
+        if let Some(Some(frame)) = hub.off_thread(move || window.frame(&state)).await {
+            let _ = hub.frames.send(frame);
         }
     }
 }
 
-fn push(
-    e: StoreEvent,
-    added: &mut Vec<String>,
-    changed: &mut Vec<String>,
-    removed: &mut Vec<String>,
+/// The tenants one window saw come, change and go. Sets, so that a window with thousands of
+/// busy tenants stays linear.
+#[derive(Default)]
+struct Window {
+    added: std::collections::BTreeSet<String>,
+    changed: std::collections::BTreeSet<String>,
+    removed: std::collections::BTreeSet<String>,
+    /// Events were dropped: only a snapshot can tell what changed.
+    lost: bool,
+}
+
+impl Window {
+    fn push(&mut self, e: StoreEvent) {
+        match e {
+            StoreEvent::Added(id) => {
+                self.removed.remove(&id);
+                self.added.insert(id);
+            }
+            StoreEvent::Changed(id) => {
+                self.changed.insert(id);
+            }
+            StoreEvent::Removed(id) => {
+                self.added.remove(&id);
+                self.removed.insert(id);
+            }
+        }
+    }
+
+    /// The window's `batch`: removals, additions and changes with the statuses as they are
+    /// now, and a summary when tenants came or went. `None` when nothing is left to say.
+    fn frame(self, state: &AppState) -> Option<Frame> {
+        let mut messages: Vec<WsMessage> = self
+            .removed
+            .iter()
+            .map(|id| WsMessage::Removed {
+                client_id: id.clone(),
+            })
+            .collect();
+        let comings_and_goings = !self.added.is_empty() || !self.removed.is_empty();
+        for id in &self.added {
+            if let Some(s) = state.store.status(id) {
+                messages.push(WsMessage::Added {
+                    client: client_dto(&s),
+                });
+            }
+        }
+        for id in &self.changed {
+            if self.added.contains(id) || self.removed.contains(id) {
+                continue;
+            }
+            if let Some(s) = state.store.status(id) {
+                messages.push(WsMessage::Changed {
+                    client: client_dto(&s),
+                });
+            }
+        }
+        if comings_and_goings {
+            messages.push(state.summary());
+        }
+        let read_at = Instant::now();
+        if messages.is_empty() {
+            return None;
+        }
+        text_frame(&WsMessage::Batch { messages }, read_at)
+    }
+}
+
+fn text_frame(msg: &WsMessage, read_at: Instant) -> Option<Frame> {
+    let text = serde_json::to_string(msg).ok()?;
+    Some(Frame::Text {
+        text: text.into(),
+        read_at,
+    })
+}
+
+/// Sends a snapshot, then forwards the hub's frames: at most one `batch` per [`COALESCE`]
+/// window and a periodic `summary`. Frames whose statuses were read before the snapshot
+/// started are older than it and skipped. A connection that falls [`FRAME_BACKLOG`] frames
+/// behind (or a pump that lost events) gets a fresh snapshot.
+async fn ws_session(
+    state: AppState,
+    mut frames: broadcast::Receiver<Frame>,
+    mut socket: WebSocket,
 ) {
-    match e {
-        StoreEvent::Added(id) => {
-            removed.retain(|r| r != &id);
-            if !added.contains(&id) {
-                added.push(id);
-            }
-        }
-        StoreEvent::Changed(id) => {
-            if !changed.contains(&id) {
-                changed.push(id);
-            }
-        }
-        StoreEvent::Removed(id) => {
-            added.retain(|a| a != &id);
-            if !removed.contains(&id) {
-                removed.push(id);
-            }
+    let Ok(mut synced) = send_snapshot(&state, &mut socket).await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Ok(Frame::Text { text, read_at }) => {
+                    if read_at < synced {
+                        continue;
+                    }
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Frame::Resync) | Err(RecvError::Lagged(_)) => {
+                    frames = frames.resubscribe();
+                    match send_snapshot(&state, &mut socket).await {
+                        Ok(at) => synced = at,
+                        Err(_) => return,
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                _ => continue,
+            },
         }
     }
 }
@@ -427,22 +611,21 @@ fn push(
 /// The whole state as one message, built and serialized on the blocking pool: with 10,000
 /// tenants that is milliseconds of CPU and megabytes of JSON, which must not stall the async
 /// workers (20 dashboards connecting at once would).
-async fn send_snapshot(state: &AppState, socket: &mut WebSocket) -> Result<(), axum::Error> {
+/// Returns when the statuses started to be read: frames read before that are older than it.
+async fn send_snapshot(state: &AppState, socket: &mut WebSocket) -> Result<Instant, axum::Error> {
     let state = state.clone();
-    let text = tokio::task::spawn_blocking(move || {
-        serde_json::to_string(&WsMessage::Snapshot {
+    let (text, started) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let text = serde_json::to_string(&WsMessage::Snapshot {
             status: state.status(),
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+        (text, started)
     })
     .await
     .map_err(axum::Error::new)?;
-    socket.send(Message::Text(text.into())).await
-}
-
-async fn send(socket: &mut WebSocket, msg: &WsMessage) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(msg).unwrap_or_default();
-    socket.send(Message::Text(text.into())).await
+    socket.send(Message::Text(text.into())).await?;
+    Ok(started)
 }
 
 pub fn client_dto(s: &TenantStatus) -> ClientStatus {
@@ -456,6 +639,7 @@ pub fn client_dto(s: &TenantStatus) -> ClientStatus {
         local_txid: txid(s.local_txid),
         replicated_txid: txid(s.replicated_txid),
         lag_seconds: Some(s.lag().as_secs_f64()),
+        pending_since: s.pending_since.map(rfc3339),
         last_sync_at: s.last_sync.map(rfc3339),
         bytes_uploaded: s.bytes_uploaded,
         objects_uploaded: s.objects_uploaded,
@@ -626,8 +810,8 @@ pub(crate) mod tests {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
 
-    /// The next message that is not a summary or a change of a row.
-    async fn next(ws: &mut Ws) -> WsMessage {
+    /// The next text frame, as sent.
+    async fn next_text(ws: &mut Ws) -> String {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
                 .await
@@ -635,10 +819,25 @@ pub(crate) mod tests {
                 .unwrap()
                 .unwrap();
             if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                let m: WsMessage = serde_json::from_str(&t).unwrap();
-                if !matches!(m, WsMessage::Summary { .. } | WsMessage::Changed { .. }) {
-                    return m;
-                }
+                return t.to_string();
+            }
+        }
+    }
+
+    /// The next message that is not a summary or a change of a row (a batch's items count one
+    /// by one; the rest of that batch is dropped).
+    async fn next(ws: &mut Ws) -> WsMessage {
+        loop {
+            let m: WsMessage = serde_json::from_str(&next_text(ws).await).unwrap();
+            let items = match m {
+                WsMessage::Batch { messages } => messages,
+                m => vec![m],
+            };
+            if let Some(m) = items
+                .into_iter()
+                .find(|m| !matches!(m, WsMessage::Summary { .. } | WsMessage::Changed { .. }))
+            {
+                return m;
             }
         }
     }
@@ -919,18 +1118,112 @@ pub(crate) mod tests {
         assert_eq!(res.status(), StatusCode::OK);
     }
 
-    /// The next text frame as raw JSON.
-    async fn next_json(ws: &mut Ws) -> serde_json::Value {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+    /// The messages of the next text frame as raw JSON: a batch's items, or the one message.
+    async fn next_json(ws: &mut Ws) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&next_text(ws).await).unwrap();
+        if v["type"] == "batch" {
+            v["messages"].as_array().unwrap().clone()
+        } else {
+            vec![v]
+        }
+    }
+
+    async fn connect(st: &AppState) -> (Ws, Ws) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(st.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut pair = Vec::new();
+        for _ in 0..2 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
                 .await
-                .expect("no message within 10 s")
-                .unwrap()
                 .unwrap();
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                return serde_json::from_str(&t).unwrap();
+            assert!(matches!(next(&mut ws).await, WsMessage::Snapshot { .. }));
+            pair.push(ws);
+        }
+        let b = pair.pop().unwrap();
+        (pair.pop().unwrap(), b)
+    }
+
+    /// A single-threaded runtime: the 500 registrations run without yielding, so they all fall
+    /// into one coalescing window, and both connections get that window as the same one frame.
+    #[tokio::test(flavor = "current_thread")]
+    async fn websocket_sends_a_window_of_changes_as_one_shared_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let (mut a, mut b) = connect(&st).await;
+        let ids = ids(500);
+        for id in &ids {
+            st.store
+                .register_refused(id, &dir.path().join(format!("{id}.db")), "test");
+        }
+        let text = next_text(&mut a).await;
+        assert_eq!(next_text(&mut b).await, text, "one serialization, shared");
+        let WsMessage::Batch { messages } = serde_json::from_str(&text).unwrap() else {
+            panic!("expected a batch: {}", &text[..text.len().min(200)]);
+        };
+        assert_eq!(messages.len(), 501, "500 added and one summary");
+        let added: Vec<String> = messages
+            .iter()
+            .filter_map(|m| match m {
+                WsMessage::Added { client } => Some(client.client_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(added, ids);
+        match messages.last() {
+            Some(WsMessage::Summary {
+                total_clients,
+                error_clients,
+                ..
+            }) => assert_eq!((*total_clients, *error_clients), (500, 500)),
+            other => panic!("expected the summary last, got {other:?}"),
+        }
+        let _ = a.close(None).await;
+        let _ = b.close(None).await;
+    }
+
+    /// 1,000 tenant events spread over about a second arrive in at most one batch frame per
+    /// coalescing window (a window lasts at least [`COALESCE`]; windows do not overlap), not one
+    /// frame per event, and nothing is lost or repeated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn websocket_frames_per_second_stay_bounded_under_a_stream_of_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let (mut ws, other) = connect(&st).await;
+        drop(other);
+        let ids = ids(1000);
+        let t = Instant::now();
+        for chunk in ids.chunks(10) {
+            for id in chunk {
+                st.store
+                    .register_refused(id, &dir.path().join(format!("{id}.db")), "test");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let spread = t.elapsed();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut batches = 0u32;
+        while seen.len() < ids.len() {
+            let text = next_text(&mut ws).await;
+            match serde_json::from_str::<WsMessage>(&text).unwrap() {
+                WsMessage::Batch { messages } => {
+                    batches += 1;
+                    for m in messages {
+                        if let WsMessage::Added { client } = m {
+                            assert!(seen.insert(client.client_id), "added twice");
+                        }
+                    }
+                }
+                WsMessage::Summary { .. } => {}
+                other => panic!("unexpected {other:?}"),
             }
         }
+        let bound = (spread.as_secs_f64() / COALESCE.as_secs_f64()).floor() as u32 + 1;
+        eprintln!("1,000 events over {spread:?}: {batches} batch frames (bound {bound})");
+        assert!(batches <= bound, "{batches} frames for {spread:?}");
+        assert!(batches <= 20, "{batches} frames for {spread:?}");
+        let _ = ws.close(None).await;
     }
 
     /// A single-threaded runtime: the burst of events below runs without yielding, so the
@@ -964,14 +1257,15 @@ pub(crate) mod tests {
         }
         // After the resync, deltas flow again, followed by a summary with the new totals.
         st.store.register_refused(ID, &path, "back");
-        loop {
-            let v = next_json(&mut ws).await;
-            if v["type"] == "summary" && v["totalClients"] == 2 {
-                assert_eq!(v["errorClients"], 2, "{v}");
-                assert_eq!(v["activeClients"], 0, "{v}");
-                assert!(v["worstLagSeconds"].is_number(), "{v}");
-                assert_eq!(v["bytesUploaded"], 0, "{v}");
-                break;
+        'frames: loop {
+            for v in next_json(&mut ws).await {
+                if v["type"] == "summary" && v["totalClients"] == 2 {
+                    assert_eq!(v["errorClients"], 2, "{v}");
+                    assert_eq!(v["activeClients"], 0, "{v}");
+                    assert!(v["worstLagSeconds"].is_number(), "{v}");
+                    assert_eq!(v["bytesUploaded"], 0, "{v}");
+                    break 'frames;
+                }
             }
         }
         let _ = ws.close(None).await;

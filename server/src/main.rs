@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use engine::store::{Store, StoreConfig, Target};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,7 @@ const DEFAULT_WATCH_DIR: &str = "data/clients";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(cli::normalize_args(std::env::args_os()));
+    let cli = parse_cli();
     init_tracing(cli.serve.log_format);
     raise_fd_limit();
     limit_malloc_arenas();
@@ -158,7 +157,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         StoreConfig {
             state_dir: args.state_dir.clone(),
             target: target.clone(),
-            tenant: Default::default(),
+            tenant: engine::tenant::TenantConfig {
+                compaction: testing_compaction_config()?,
+                ..Default::default()
+            },
             max_uploads: args.max_uploads,
             max_opening: engine::store::DEFAULT_MAX_OPENING,
         },
@@ -228,6 +230,90 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     watcher.abort();
     let _ = server.await;
     Ok(())
+}
+
+/// Environment knobs for tests only (server/tests/crash.rs aims kill -9 at compactions and
+/// snapshots with them); listed under `--help`, never needed in production.
+const TESTING_ENV_HELP: &str =
+    "Testing only (environment; shortens Litestream's schedule so tests can \
+crash the manager mid-compaction):\n  \
+LSM_COMPACTION_INTERVALS=1s,3s,10s  intervals of levels 1, 2, 3... (default 30s,5m,1h)\n  \
+LSM_SNAPSHOT_INTERVAL=5s            L9 snapshot interval (default 24h)\n  \
+LSM_SNAPSHOT_RETENTION=20s          snapshot retention (default 24h)\n  \
+LSM_L0_RETENTION=5s                 how long L0 files outlive the L1 covering them (default 5m)";
+
+/// Parses the command line; `--help` also lists [`TESTING_ENV_HELP`].
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Cli::command();
+    let after = match cmd.get_after_help() {
+        Some(examples) => format!("{examples}\n\n{TESTING_ENV_HELP}"),
+        None => TESTING_ENV_HELP.to_string(),
+    };
+    let matches = cmd
+        .after_long_help(after)
+        .get_matches_from(cli::normalize_args(std::env::args_os()));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Litestream's compaction schedule, or the shorter one the `LSM_*` variables of
+/// [`TESTING_ENV_HELP`] ask for (durations like `500ms`, `3s`, `2m`, `1h`).
+fn testing_compaction_config() -> anyhow::Result<engine::compact::CompactionConfig> {
+    fn duration(var: &str, v: &str) -> anyhow::Result<Duration> {
+        let v = v.trim();
+        let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+        let (n, unit) = v.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{var}={v:?}: expected e.g. 500ms, 3s, 2m"))?;
+        let secs = |per: u64| {
+            n.checked_mul(per)
+                .map(Duration::from_secs)
+                .ok_or_else(|| anyhow::anyhow!("{var}={v:?}: too long"))
+        };
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
+            _ => bail!("{var}={v:?}: unit must be ms, s, m or h"),
+        };
+        if d.is_zero() {
+            bail!("{var}={v:?}: must be positive");
+        }
+        Ok(d)
+    }
+    let get = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    let mut cfg = engine::compact::CompactionConfig::default();
+    if let Some(v) = get("LSM_COMPACTION_INTERVALS") {
+        cfg.level_intervals = v
+            .split(',')
+            .map(|d| duration("LSM_COMPACTION_INTERVALS", d))
+            .collect::<anyhow::Result<_>>()?;
+        if !(1..=8).contains(&cfg.level_intervals.len()) {
+            bail!("LSM_COMPACTION_INTERVALS={v:?}: 1 to 8 levels");
+        }
+    }
+    if let Some(v) = get("LSM_SNAPSHOT_INTERVAL") {
+        cfg.snapshot_interval = duration("LSM_SNAPSHOT_INTERVAL", &v)?;
+    }
+    if let Some(v) = get("LSM_SNAPSHOT_RETENTION") {
+        cfg.snapshot_retention = duration("LSM_SNAPSHOT_RETENTION", &v)?;
+    }
+    if let Some(v) = get("LSM_L0_RETENTION") {
+        cfg.l0_retention = duration("LSM_L0_RETENTION", &v)?;
+    }
+    if cfg.level_intervals != engine::compact::DEFAULT_LEVEL_INTERVALS
+        || cfg.snapshot_interval != engine::compact::DEFAULT_SNAPSHOT_INTERVAL
+        || cfg.snapshot_retention != engine::compact::DEFAULT_SNAPSHOT_RETENTION
+        || cfg.l0_retention != engine::compact::DEFAULT_L0_RETENTION
+    {
+        tracing::warn!(
+            ?cfg,
+            "testing-only compaction schedule from LSM_* environment"
+        );
+    }
+    Ok(cfg)
 }
 
 /// Threads of the blocking pool (SQLite connections, file I/O, merges).

@@ -28,7 +28,17 @@ const CHART_MIN_SPAN_SECS: f64 = 60.0;
 pub fn DetailPanel(
     state: RwSignal<DashboardState>,
     selected: RwSignal<Option<String>>,
+    now: RwSignal<Option<f64>>,
 ) -> impl IntoView {
+    // The selected tenant's lag at the clock's tick (`None` once it is gone).
+    let lag = Signal::derive(move || {
+        let id = selected.get()?;
+        let browser_now = now.get();
+        state.with(|s| {
+            s.row(&id)
+                .and_then(|r| r.lag_at(browser_now.map(|n| s.server_now(n))))
+        })
+    });
     let live = Memo::new(move |_| {
         selected.with(|id| {
             id.as_ref()
@@ -106,10 +116,11 @@ pub fn DetailPanel(
             previous().map(|d| ClientStatus {
                 status: ClientStatus::REMOVED.into(),
                 lag_seconds: None,
+                pending_since: None,
                 ..d.client
             })
         })?;
-        Some(view! { <Positions client=client /> })
+        Some(view! { <Positions client=client lag=lag /> })
     };
 
     let body = move || {
@@ -152,7 +163,7 @@ pub fn DetailPanel(
 
 /// The live part: state, positions, error (from the WebSocket when the tenant still exists).
 #[component]
-fn Positions(client: ClientStatus) -> impl IntoView {
+fn Positions(client: ClientStatus, lag: Signal<Option<f64>>) -> impl IntoView {
     let ClientStatus {
         database_path,
         s3_path,
@@ -160,7 +171,6 @@ fn Positions(client: ClientStatus) -> impl IntoView {
         created_at,
         local_txid,
         replicated_txid,
-        lag_seconds,
         last_sync_at,
         bytes_uploaded,
         objects_uploaded,
@@ -184,7 +194,7 @@ fn Positions(client: ClientStatus) -> impl IntoView {
             <dt>"Replicated TXID"</dt>
             <dd id="detail-replicated-txid" class="mono">{replicated_txid.unwrap_or_else(none)}</dd>
             <dt>"Lag"</dt>
-            <dd>{format_lag(lag_seconds)}</dd>
+            <dd id="detail-lag">{move || format_lag(lag.get())}</dd>
             <dt>"Last sync"</dt>
             <dd>{format_time(last_sync_at.as_deref())}</dd>
             <dt>"Uploaded"</dt>

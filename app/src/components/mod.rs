@@ -2,9 +2,10 @@
 //! table and the detail panel of the selected tenant.
 //!
 //! All live data sits in signals owned by [`App`]: the [`DashboardState`], the [`Connection`],
-//! the table's [`TableQuery`] and the selected tenant. In the browser (`csr`) the `live` module
-//! feeds the first two; on the server the component renders with empty state and is only
-//! compiled, never mounted.
+//! the table's [`TableQuery`], the selected tenant and the browser's clock (`now`, seconds since
+//! the epoch, ticking every second, from which the lags are shown live). In the browser (`csr`)
+//! the `live` module feeds the state, the connection and the clock; on the server the component
+//! renders with empty state and is only compiled, never mounted.
 //!
 //! # Layout
 //! - [`summary`]: the cards above the table.
@@ -29,8 +30,13 @@ pub fn App() -> impl IntoView {
     let query = RwSignal::new(TableQuery::default());
     // The client id whose detail panel is open.
     let selected = RwSignal::new(None::<String>);
+    // `None` on the server: lags are then shown as sent.
+    let now = RwSignal::new(None::<f64>);
     #[cfg(feature = "csr")]
-    crate::live::start(state, connection);
+    {
+        crate::live::start(state, connection);
+        crate::live::start_clock(now);
+    }
 
     view! {
         <Header connection=connection />
@@ -38,10 +44,10 @@ pub fn App() -> impl IntoView {
             class:with-detail=move || selected.with(Option::is_some)
             class:stale=move || connection.get() == Connection::Offline
         >
-            <summary::Summary state=state />
-            <table::ClientTable state=state query=query selected=selected />
+            <summary::Summary state=state now=now />
+            <table::ClientTable state=state query=query selected=selected now=now />
         </main>
-        <detail::DetailPanel state=state selected=selected />
+        <detail::DetailPanel state=state selected=selected now=now />
     }
 }
 

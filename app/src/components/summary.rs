@@ -1,7 +1,8 @@
-//! The summary cards: tenants, active, in error, worst lag, bytes uploaded, replica target and
-//! uptime. Element ids are stable (`#total-clients` etc.): the end-to-end tests read them.
-//! Errors, worst lag and bytes come from [`DashboardState::totals`] (the rows, always current);
-//! the tenant counts, target and uptime from the server's snapshot and summaries.
+//! The summary cards: tenants, active, in error, worst lag, bytes uploaded, replica target,
+//! skipped files and uptime. Element ids are stable (`#total-clients` etc.): the end-to-end tests
+//! read them. Errors, worst lag (live, see [`DashboardState::totals_at`]) and bytes come from the
+//! rows, always current; the tenant counts, target, skipped files and uptime from the server's
+//! snapshot and summaries.
 
 use leptos::prelude::*;
 
@@ -9,7 +10,7 @@ use super::format::{format_bytes, format_lag, NONE};
 use crate::state::{DashboardState, Totals};
 
 #[component]
-pub fn Summary(state: RwSignal<DashboardState>) -> impl IntoView {
+pub fn Summary(state: RwSignal<DashboardState>, now: RwSignal<Option<f64>>) -> impl IntoView {
     // Every card shows "—" until the first status arrives.
     let show = move |f: fn(&DashboardState) -> String| {
         move || state.with(|s| if s.loaded { f(s) } else { NONE.to_string() })
@@ -30,8 +31,8 @@ pub fn Summary(state: RwSignal<DashboardState>) -> impl IntoView {
             }
         })
     };
-    // Once per batch of messages, not once per card.
-    let totals = Memo::new(move |_| state.with(DashboardState::totals));
+    // Once per batch of messages and clock tick, not once per card.
+    let totals = Memo::new(move |_| state.with(|s| s.totals_at(now.get())));
     let loaded = move || state.with(|s| s.loaded);
     let total = move |f: fn(&Totals) -> String| {
         move || {
@@ -43,6 +44,34 @@ pub fn Summary(state: RwSignal<DashboardState>) -> impl IntoView {
         }
     };
     let errors_bad = move || totals.with(|t| t.error_clients > 0);
+    let duplicates = move || state.with(|s| s.duplicate_files.len());
+    let has_duplicates = move || duplicates() > 0;
+    let skipped = show(|s| s.ignored_files.to_string());
+    let skipped_detail = move || {
+        state.with(|s| match s.duplicate_files.len() {
+            0 => String::new(),
+            1 => "+ 1 duplicate".to_string(),
+            n => format!("+ {n} duplicates"),
+        })
+    };
+    // The tooltip names every duplicate: they are what an operator has to act on.
+    let skipped_title = move || {
+        state.with(|s| {
+            let mut t = format!(
+                "{} file name(s) in the watch directories that are not tenant databases \
+                 (<uuid>.db, .sqlite, .sqlite3), each logged once.",
+                s.ignored_files
+            );
+            if !s.duplicate_files.is_empty() {
+                t.push_str("\nNot replicated because another file already owns their tenant id:");
+                for p in &s.duplicate_files {
+                    t.push_str("\n  ");
+                    t.push_str(p);
+                }
+            }
+            t
+        })
+    };
     view! {
         <section class="summary" aria-label="Summary">
             <div class="card">
@@ -69,6 +98,13 @@ pub fn Summary(state: RwSignal<DashboardState>) -> impl IntoView {
                     title=move || totals.with(|t| format!("{} bytes", t.bytes_uploaded))
                 >
                     {total(|t| format_bytes(t.bytes_uploaded))}
+                </span>
+            </div>
+            <div class="card" class:warn=has_duplicates title=skipped_title>
+                <span class="label">"Ignored files"</span>
+                <span id="ignored-files" class="value">{skipped}</span>
+                <span id="duplicate-files" class="sub" data-count=move || duplicates().to_string()>
+                    {skipped_detail}
                 </span>
             </div>
             <div class="card wide" class:bad=target_bad>

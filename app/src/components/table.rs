@@ -2,7 +2,8 @@
 //!
 //! Every tenant stays in [`DashboardState`]; a [`Memo`] turns it and the [`TableQuery`] into the
 //! current [`TablePage`], so only up to [`PAGE_SIZE`](crate::state::PAGE_SIZE) rows exist in the
-//! DOM and a keyed `<For>` redraws just the rows whose revision changed.
+//! DOM and a keyed `<For>` redraws just the rows whose revision changed. The lag cells follow
+//! the clock (`now`) on their own; the page is re-sorted on each tick only when sorted by lag.
 
 use leptos::prelude::*;
 
@@ -15,8 +16,20 @@ pub fn ClientTable(
     state: RwSignal<DashboardState>,
     query: RwSignal<TableQuery>,
     selected: RwSignal<Option<String>>,
+    now: RwSignal<Option<f64>>,
 ) -> impl IntoView {
-    let page = Memo::new(move |_| state.with(|s| query.with(|q| s.page(q))));
+    let page = Memo::new(move |_| {
+        state.with(|s| {
+            query.with(|q| {
+                let now = if q.sort == SortKey::Lag {
+                    now.get()
+                } else {
+                    now.get_untracked()
+                };
+                s.page_at(q, now)
+            })
+        })
+    });
     let no_clients = move || state.with(|s| s.loaded && s.client_count() == 0);
     let no_matches = move || page.with(|p| p.total > 0 && p.matched == 0);
     view! {
@@ -50,7 +63,7 @@ pub fn ClientTable(
                             each=move || page.with(|p| p.rows.clone())
                             key=|row| (row.client.client_id.clone(), row.rev)
                             children=move |row: Row| {
-                                view! { <ClientRow client=row.client selected=selected /> }
+                                view! { <ClientRow row=row state=state selected=selected now=now /> }
                             }
                         />
                     </tbody>
@@ -192,20 +205,38 @@ fn SortHeader(
 }
 
 #[component]
-fn ClientRow(client: ClientStatus, selected: RwSignal<Option<String>>) -> impl IntoView {
+fn ClientRow(
+    row: Row,
+    state: RwSignal<DashboardState>,
+    selected: RwSignal<Option<String>>,
+    now: RwSignal<Option<f64>>,
+) -> impl IntoView {
+    // The only cell that changes between revisions: redrawn every clock tick.
+    let lag = {
+        let row = row.clone();
+        move || {
+            let server_now = now.get().map(|n| state.with_untracked(|s| s.server_now(n)));
+            format_lag(row.lag_at(server_now))
+        }
+    };
+    let pending_title = row
+        .client
+        .pending_since
+        .as_ref()
+        .map(|t| format!("changes pending since {t}"))
+        .unwrap_or_default();
     let ClientStatus {
         client_id,
         database_path,
         status,
         local_txid,
         replicated_txid,
-        lag_seconds,
         last_sync_at,
         bytes_uploaded,
         objects_uploaded,
         last_error,
         ..
-    } = client;
+    } = row.client;
     let is_selected = {
         let id = client_id.clone();
         move || selected.with(|s| s.as_deref() == Some(id.as_str()))
@@ -241,7 +272,7 @@ fn ClientRow(client: ClientStatus, selected: RwSignal<Option<String>>) -> impl I
             <td class="num txid replicated-txid">
                 {replicated_txid.unwrap_or_else(|| NONE.into())}
             </td>
-            <td class="num lag">{format_lag(lag_seconds)}</td>
+            <td class="num lag" title=pending_title>{lag}</td>
             <td class="num last-sync" title=sync_title>
                 {format_time(last_sync_at.as_deref())}
             </td>
