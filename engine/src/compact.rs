@@ -70,6 +70,10 @@ pub struct Index {
     /// `created_at` is the timestamp of its newest transaction, usually before the boundary
     /// that triggered the compaction, so it cannot tell whether the level already ran.
     compacted_at: Vec<(u8, SystemTime)>,
+    /// Files whose write failed without a clear answer (a lost response): they may exist in
+    /// the replica without being listed here. Removed before the next planning, so that a
+    /// retry over a wider range never leaves two overlapping files at one level.
+    uncertain: Vec<LtxInfo>,
 }
 
 fn key(f: &LtxInfo) -> (u8, Txid, Txid) {
@@ -88,6 +92,7 @@ impl Index {
         Index {
             files,
             compacted_at: Vec::new(),
+            uncertain: Vec::new(),
         }
     }
 
@@ -96,6 +101,28 @@ impl Index {
             Ok(i) => self.files[i] = f,
             Err(i) => self.files.insert(i, f),
         }
+    }
+
+    /// Records a write that failed and may still have landed (see `uncertain`).
+    pub fn mark_uncertain(&mut self, f: LtxInfo) {
+        if !self.uncertain.iter().any(|u| key(u) == key(&f)) {
+            self.uncertain.push(f);
+        }
+    }
+
+    /// The uncertain writes that are not (any more) files of the index: safe to delete.
+    pub fn uncertain(&self) -> Vec<LtxInfo> {
+        self.uncertain
+            .iter()
+            .filter(|u| self.files.binary_search_by_key(&key(u), key).is_err())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets uncertain writes once they were deleted.
+    pub fn clear_uncertain(&mut self, done: &[LtxInfo]) {
+        self.uncertain
+            .retain(|u| !done.iter().any(|d| key(d) == key(u)));
     }
 
     /// Records that a compaction into `level` was written at `at` (wall clock).
@@ -515,6 +542,23 @@ mod tests {
         ix.remove(&f(4, 1, 1, 0, now)); // absent: no-op
         assert_eq!(ix.level(0).count(), 2);
         assert_eq!(ix.max_txid(), 8);
+    }
+
+    #[test]
+    fn uncertain_writes_are_offered_for_deletion_until_cleared() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let mut ix = Index::from_listing([f(0, 14, 14, 0, now), f(1, 1, 13, 0, now)]);
+        ix.mark_uncertain(f(1, 14, 17, 0, now));
+        ix.mark_uncertain(f(1, 14, 17, 5, now)); // same key: once
+        ix.mark_uncertain(f(1, 1, 13, 0, now)); // a file the index knows is never offered
+        let offered = ix.uncertain();
+        assert_eq!(offered.len(), 1);
+        assert_eq!(
+            (offered[0].level, offered[0].min, offered[0].max),
+            (1, Txid(14), Txid(17))
+        );
+        ix.clear_uncertain(&offered);
+        assert!(ix.uncertain().is_empty());
     }
 
     #[test]

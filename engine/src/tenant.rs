@@ -497,6 +497,13 @@ async fn step(
 /// Lists the replica once and makes local staging agree with it.
 async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     let mut remote_guard = ctx.remote.lock().await;
+    if let Replica::Fs(fs) = &ctx.replica {
+        // Half-written files of a crashed predecessor (S3 has none: writes are atomic).
+        let n = fs.remove_leftovers().await?;
+        if n > 0 {
+            tracing::info!(client = %ctx.id, files = n, "removed temporary files a crash left in the replica");
+        }
+    }
     let listing = ctx.replica.list_all(&ctx.cancel).await?;
     let index = Index::from_listing(listing);
     let remote_max = index.max_txid();
@@ -660,6 +667,19 @@ pub(crate) async fn maintain(
     cancel: &CancellationToken,
 ) -> Result<Option<SystemTime>, StepError> {
     let scratch = &staging.dir().join("scratch");
+    // A compaction or snapshot whose upload failed may have landed anyway (the answer was
+    // lost): delete it before planning, or a retry over a wider range would leave two
+    // overlapping files at one level. Idempotent; on failure, retried with the next run.
+    let uncertain = match remote.lock().await.as_ref() {
+        Some(index) => index.uncertain(),
+        None => return Ok(None),
+    };
+    if !uncertain.is_empty() {
+        replica.delete(&uncertain, cancel).await?;
+        if let Some(index) = remote.lock().await.as_mut() {
+            index.clear_uncertain(&uncertain);
+        }
+    }
     let (jobs, next) = {
         let guard = remote.lock().await;
         let Some(index) = guard.as_ref() else {
@@ -681,7 +701,14 @@ pub(crate) async fn maintain(
             .map_err(|e| StepError::Join(e.to_string()))?;
         match job {
             Job::Compact { level, inputs } => {
-                let info = merge_and_write(replica, &inputs, level, false, staging, cancel).await?;
+                let info =
+                    match merge_and_write(replica, &inputs, level, false, staging, cancel).await {
+                        Ok(info) => info,
+                        Err(e) => {
+                            mark_uncertain(remote, level, &inputs, false).await;
+                            return Err(e);
+                        }
+                    };
                 tracing::debug!(client = %id, level, min = %info.min, max = %info.max, "compacted");
                 let covered = info.max;
                 if let Some(index) = remote.lock().await.as_mut() {
@@ -693,8 +720,16 @@ pub(crate) async fn maintain(
                 }
             }
             Job::Snapshot { inputs } => {
-                let info = merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, staging, cancel)
-                    .await?;
+                let info =
+                    match merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, staging, cancel)
+                        .await
+                    {
+                        Ok(info) => info,
+                        Err(e) => {
+                            mark_uncertain(remote, SNAPSHOT_LEVEL, &inputs, true).await;
+                            return Err(e);
+                        }
+                    };
                 tracing::debug!(client = %id, max = %info.max, "snapshot written");
                 if let Some(index) = remote.lock().await.as_mut() {
                     index.insert(info);
@@ -722,6 +757,23 @@ pub(crate) async fn maintain(
         Some(SystemTime::now())
     };
     Ok(again)
+}
+
+/// Records the file a failed merge-and-write meant to create as uncertain (see
+/// [`Index::mark_uncertain`]).
+async fn mark_uncertain(remote: &RemoteState, level: u8, inputs: &[LtxInfo], snapshot: bool) {
+    if let (Some(first), Some(last)) = (inputs.first(), inputs.last()) {
+        let intended = LtxInfo {
+            level,
+            min: if snapshot { Txid(1) } else { first.min },
+            max: last.max,
+            size: 0,
+            created_at: SystemTime::UNIX_EPOCH,
+        };
+        if let Some(index) = remote.lock().await.as_mut() {
+            index.mark_uncertain(intended);
+        }
+    }
 }
 
 /// Merges `inputs` into one file of `level` and stores it. Streams from disk to disk: the

@@ -483,3 +483,27 @@ async fn a_commit_found_while_going_idle_is_shipped_and_reported() {
     }
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
+
+/// A crash mid-write leaves `*.tmp` files in a file replica; the next start removes them (and
+/// only them) before writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_files_a_crash_left_in_the_replica_are_removed() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let mut seq = 0;
+    write_txn(&app, &mut seq, 5);
+    let level0 = h.replica_dir().join("ltx").join("0");
+    std::fs::create_dir_all(&level0).unwrap();
+    let stray = level0.join("0000000000000001-0000000000000001.ltx.tmp");
+    std::fs::write(&stray, b"half a file").unwrap();
+    let cancel = CancellationToken::new();
+    let store = h.store(&cancel);
+    store.register(ID, &h.db).unwrap();
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    assert!(!stray.exists(), "the crash's temporary file is still there");
+    assert!(
+        std::fs::read_dir(&level0).unwrap().count() >= 1,
+        "the replica's own files stay"
+    );
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}

@@ -98,6 +98,35 @@ impl FsReplica {
         .await
     }
 
+    /// Removes `*.tmp` files a crash left behind in this replica's level directories (see
+    /// [`write_durably`]). Only for the one process writing this replica, before it writes.
+    pub async fn remove_leftovers(&self) -> Result<usize, ClientError> {
+        let dirs: Vec<PathBuf> = (0..=crate::client::SNAPSHOT_LEVEL)
+            .map(|l| self.level_dir(l))
+            .collect();
+        blocking(move || {
+            let mut removed = 0;
+            for dir in dirs {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(ClientError::io(&dir, e)),
+                };
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                        match fs::remove_file(entry.path()) {
+                            Ok(()) => removed += 1,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(ClientError::io(entry.path(), e)),
+                        }
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Where the file of `level`/`name` lives (it may not exist).
     pub fn path_of(&self, level: u8, name: LtxFileName) -> PathBuf {
         self.level_dir(level).join(name.to_string())
