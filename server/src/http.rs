@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use app::{ClientStatus, StatusResponse, WsMessage};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -254,7 +254,15 @@ async fn api_status(
     Ok(Json(page))
 }
 
-async fn api_client(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn api_client(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    // An id that is not even UTF-8 (`%FF`) gets the same JSON error as any other bad id.
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return ApiError::bad_request(format!("bad client id: {e}")).into_response(),
+    };
     match detail::client_detail(&state, &id).await {
         Ok(d) => Json(d).into_response(),
         Err(e) => e.into_response(),

@@ -245,6 +245,10 @@ fn ids_with_path_tricks_are_refused() {
         assert_eq!(v["clientId"], id.as_str());
     }
     server.assert_alive();
+    assert!(
+        not_json.is_empty(),
+        "every bad id gets the JSON error shape: {not_json:#?}"
+    );
     let n400 = outcomes.iter().filter(|&&c| c == 400).count();
     eprintln!(
         "{} tricks: {n400} x 400, {} x 404; answered with a non-JSON body: {not_json:#?}",
