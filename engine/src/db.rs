@@ -836,13 +836,28 @@ impl Staging {
                 if name.min == name.max {
                     out.push(name.min);
                 }
-            } else if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                // Left over from a crash mid-write: never complete, never uploaded.
-                let _ = std::fs::remove_file(entry.path());
             }
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Removes `*.tmp` files a crash left mid-write (never complete, never uploaded). Only
+    /// before this tenant's first sync in the process: later, a `.tmp` may be a sync in progress
+    /// (maintenance lists staging concurrently, so [`Staging::list`] never removes anything).
+    pub fn remove_leftovers(&self) -> Result<()> {
+        let dir = self.l0_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir, e)),
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of staged files after `txid` (not yet in the replica).
@@ -1211,6 +1226,25 @@ fn io_err(path: &Path, source: std::io::Error) -> SyncError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Maintenance lists staging while a sync may be writing its next file: listing must never
+    /// remove a `.tmp` (it may be in progress); only the start-up sweep does.
+    #[test]
+    fn listing_staging_leaves_temporary_files_to_the_start_up_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::new(dir.path());
+        std::fs::create_dir_all(staging.l0_dir()).unwrap();
+        std::fs::write(staging.path_of(Txid(3)), b"x").unwrap();
+        let tmp = staging
+            .l0_dir()
+            .join("0000000000000004-0000000000000004.ltx.tmp");
+        std::fs::write(&tmp, b"in progress").unwrap();
+        assert_eq!(staging.list().unwrap(), vec![Txid(3)]);
+        assert!(tmp.exists(), "list() removed a file being written");
+        staging.remove_leftovers().unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(staging.list().unwrap(), vec![Txid(3)]);
+    }
 
     struct Fixture {
         dir: tempfile::TempDir,

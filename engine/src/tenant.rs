@@ -510,6 +510,7 @@ async fn reconcile(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     let staging = ctx.staging.clone();
     let path = ctx.db_path.clone();
     let (list, recovered) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+        staging.remove_leftovers()?;
         let list = staging.list()?;
         let pos = if list.is_empty() {
             None
