@@ -88,10 +88,13 @@ impl Index {
         files.reverse();
         files.dedup_by_key(|f| key(f));
         files.reverse();
-        files.shrink_to_fit();
+        // Room for what the next busy period adds (L0s, an L1, a snapshot), so that thousands
+        // of tenants compacting at one boundary update their indexes in place instead of
+        // reallocating them between the wave's temporary buffers.
+        files.reserve_exact(4);
         Index {
             files,
-            compacted_at: Vec::new(),
+            compacted_at: Vec::with_capacity(3),
             uncertain: Vec::new(),
         }
     }

@@ -24,8 +24,10 @@ use crate::compact::{self, CompactionConfig, Index, Job};
 use crate::db::{Db, DbConfig, Position, Proof, Staging, SyncError};
 use crate::ltx::{LtxFileName, Txid};
 
-/// Wait this long after a change before syncing, so that a burst of commits becomes one L0.
-pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(200);
+/// Wait this long after a change before syncing, so that the commits that follow become one L0
+/// (one S3 PUT). 900 ms: at any steady commit rate no more files than Litestream's 1 s sync
+/// interval, and every commit in the replica within a second.
+pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(900);
 /// A tenant without changes for this long seals its WAL and goes cold.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound of local staging per tenant while the replica is unreachable.

@@ -103,6 +103,40 @@ pub struct ServeArgs {
     /// Most replica operations in flight at once, across all tenants. Example: -max-uploads 100
     #[arg(long = "max-uploads", default_value_t = 50)]
     pub max_uploads: usize,
+
+    /// How long a change waits before it is shipped, so that the commits that follow join the
+    /// same LTX file (one S3 PUT). The default sends no more files than Litestream's 1 s sync
+    /// interval at any steady commit rate; lower it for less lag at the cost of more requests.
+    /// Example: -sync-window 200ms
+    #[arg(long = "sync-window", value_name = "DURATION", default_value = "900ms", value_parser = parse_duration)]
+    pub sync_window: std::time::Duration,
+}
+
+/// `500ms`, `3s`, `2m`, `1h`: a positive whole number and a unit.
+pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{v:?}: expected a duration such as 500ms, 3s, 2m"))?;
+    let scaled = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{v:?}: too long"))
+    };
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => scaled(60)?,
+        "h" => scaled(3600)?,
+        _ => return Err(format!("{v:?}: the unit must be ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err(format!("{v:?}: must be positive"));
+    }
+    Ok(d)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -252,6 +286,24 @@ mod tests {
         assert_eq!(cli.serve.replica_dir, PathBuf::from("data/replica"));
         assert_eq!(cli.serve.prefix, "databases");
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn sync_window_takes_a_duration_with_a_unit() {
+        let d = |args: &[&str]| parse(args).map(|c| c.serve.sync_window);
+        assert_eq!(d(&[]).unwrap(), std::time::Duration::from_millis(900));
+        assert_eq!(
+            d(&["-sync-window", "200ms"]).unwrap(),
+            std::time::Duration::from_millis(200)
+        );
+        assert_eq!(
+            d(&["--sync-window", "2s"]).unwrap(),
+            std::time::Duration::from_secs(2)
+        );
+        for bad in ["0s", "200", "fast", "1.5s"] {
+            let err = d(&["-sync-window", bad]).unwrap_err().to_string();
+            assert!(err.contains("sync-window"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -159,6 +159,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             target: target.clone(),
             tenant: engine::tenant::TenantConfig {
                 compaction: testing_compaction_config()?,
+                sync_window: args.sync_window,
                 ..Default::default()
             },
             max_uploads: args.max_uploads,
@@ -260,28 +261,7 @@ fn parse_cli() -> Cli {
 /// [`TESTING_ENV_HELP`] ask for (durations like `500ms`, `3s`, `2m`, `1h`).
 fn testing_compaction_config() -> anyhow::Result<engine::compact::CompactionConfig> {
     fn duration(var: &str, v: &str) -> anyhow::Result<Duration> {
-        let v = v.trim();
-        let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-        let (n, unit) = v.split_at(split);
-        let n: u64 = n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{var}={v:?}: expected e.g. 500ms, 3s, 2m"))?;
-        let secs = |per: u64| {
-            n.checked_mul(per)
-                .map(Duration::from_secs)
-                .ok_or_else(|| anyhow::anyhow!("{var}={v:?}: too long"))
-        };
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => secs(60)?,
-            "h" => secs(3600)?,
-            _ => bail!("{var}={v:?}: unit must be ms, s, m or h"),
-        };
-        if d.is_zero() {
-            bail!("{var}={v:?}: must be positive");
-        }
-        Ok(d)
+        cli::parse_duration(v).map_err(|e| anyhow::anyhow!("{var}={e}"))
     }
     let get = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
     let mut cfg = engine::compact::CompactionConfig::default();
@@ -327,6 +307,11 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator tunable; called before any thread is started.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // A fixed threshold: buffers of 128 KiB and more (compaction and upload I/O) are
+        // mapped and unmapped on their own. glibc otherwise raises the threshold each time such
+        // a buffer is freed, and later ones land in the heap between long-lived tenant state,
+        // where they pin pages after a compaction wave of thousands of tenants.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -71,8 +71,10 @@ impl FsReplica {
         .await
     }
 
-    /// Like [`FsReplica::write`], copying the file at `src` (which stays in place) without
-    /// holding it in memory.
+    /// Like [`FsReplica::write`] with the content of the file at `src` (which stays in place),
+    /// never holding it in memory: a hard link when `src` is on the same filesystem (LTX files
+    /// are immutable once complete, so the replica and the staging area can share the inode:
+    /// no byte is copied), else a kernel-side copy.
     pub async fn write_file(
         &self,
         level: u8,
@@ -84,7 +86,10 @@ impl FsReplica {
         let src = src.to_path_buf();
         blocking(move || {
             let path = dir.join(name.to_string());
-            let size = copy_durably(&src, &path)?;
+            let size = match link_durably(&src, &path) {
+                Ok(size) => size,
+                Err(_) => copy_durably(&src, &path)?,
+            };
             let mtime = filetime::FileTime::from_system_time(created_at);
             filetime::set_file_times(&path, mtime, mtime).map_err(|e| ClientError::io(&path, e))?;
             Ok(LtxInfo {
@@ -209,6 +214,28 @@ pub fn write_durably(path: &Path, data: &[u8]) -> Result<(), ClientError> {
         return Err(ClientError::io(path, e));
     }
     Ok(())
+}
+
+/// Makes `path` a hard link of `src` (made durable first), atomically: link to a temporary
+/// name, rename over `path`, fsync the directory. Fails (and the caller copies) across
+/// filesystems or where links are not supported.
+fn link_durably(src: &Path, path: &Path) -> std::io::Result<u64> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let file = fs::File::open(src)?;
+    file.sync_all()?;
+    let size = file.metadata()?.len();
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    fs::hard_link(src, &tmp)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::File::open(dir)?.sync_all()?;
+    Ok(size)
 }
 
 /// [`write_durably`] with the content of the file `src`, copied by the kernel; returns its size.
