@@ -258,9 +258,10 @@ fn ids_with_path_tricks_are_refused() {
 }
 
 /// One WebSocket client connects (small receive buffer), completes the handshake and never
-/// reads; a normal one reads. More than 1,000 tenant changes follow (100 tenants appear, are
-/// written to in 12 rounds, 20 are deleted). The stalled client costs bounded memory, the
-/// normal one sees the changes as they happen, HTTP stays fast, nothing crashes.
+/// reads; a normal one reads and mirrors the tenant table from the frames, as the dashboard
+/// does. Over 1,000 tenant changes follow (100 tenants appear, are written to in 12 rounds, 20
+/// are deleted). The stalled client costs bounded memory, the normal one ends up with exactly
+/// what `/api/status` says (ids and replicated positions), HTTP stays fast, nothing crashes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_that_never_reads_costs_bounded_memory() {
     use futures::StreamExt;
@@ -279,13 +280,16 @@ async fn a_websocket_client_that_never_reads_costs_bounded_memory() {
     let bytes = Arc::new(AtomicU64::new(0));
     let snapshots = Arc::new(AtomicU64::new(0));
     let last_frame = Arc::new(std::sync::Mutex::new(Instant::now()));
+    // The reader's view: client id -> replicated TXID, as the frames left it.
+    let view = Arc::new(std::sync::Mutex::new(Table::new()));
     let reader = {
-        let (changes, frames, bytes, snapshots, last_frame) = (
+        let (changes, frames, bytes, snapshots, last_frame, view) = (
             changes.clone(),
             frames.clone(),
             bytes.clone(),
             snapshots.clone(),
             last_frame.clone(),
+            view.clone(),
         );
         tokio::spawn(async move {
             let (_, mut rx) = ws.split();
@@ -297,25 +301,26 @@ async fn a_websocket_client_that_never_reads_costs_bounded_memory() {
                 frames.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
                 *last_frame.lock().unwrap() = Instant::now();
+                let mut view = view.lock().unwrap();
                 match v["type"].as_str() {
                     Some("batch") => {
-                        let n = v["messages"]
-                            .as_array()
-                            .map(|m| {
-                                m.iter()
-                                    .filter(|m| {
-                                        matches!(
-                                            m["type"].as_str(),
-                                            Some("added" | "changed" | "removed")
-                                        )
-                                    })
-                                    .count()
-                            })
-                            .unwrap_or(0);
-                        changes.fetch_add(n as u64, Ordering::Relaxed);
+                        for m in v["messages"].as_array().into_iter().flatten() {
+                            match m["type"].as_str() {
+                                Some("added" | "changed") => {
+                                    let (id, txid) = row(&m["client"]);
+                                    view.insert(id, txid);
+                                }
+                                Some("removed") => {
+                                    view.remove(m["clientId"].as_str().unwrap_or_default());
+                                }
+                                _ => continue,
+                            }
+                            changes.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Some("snapshot") => {
                         snapshots.fetch_add(1, Ordering::Relaxed);
+                        *view = table(&v["status"]);
                     }
                     _ => {}
                 }
@@ -400,12 +405,23 @@ async fn a_websocket_client_that_never_reads_costs_bounded_memory() {
             let _ = std::fs::remove_file(f);
         }
     }
+    // The reader must end up with the server's table: the 80 tenants left, each at the
+    // position /api/status reports once every one of them is replicated.
     let deadline = Instant::now() + Duration::from_secs(45);
-    while changes.load(Ordering::Relaxed) < 1000 {
+    loop {
+        let (code, body) = get(port, "/api/status").unwrap();
+        assert_eq!(code, 200);
+        let truth = table(&serde_json::from_str(&body).unwrap());
+        let settled = truth.len() == TENANTS - 20 && truth.values().all(|t| t.is_some());
+        if settled && *view.lock().unwrap() == truth {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the reading client saw only {} changes",
-            changes.load(Ordering::Relaxed)
+            "the reading client's table differs from /api/status after {} changes:\n  ws:  \
+             {:?}\n  api: {truth:?}",
+            changes.load(Ordering::Relaxed),
+            view.lock().unwrap()
         );
         probe(port);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -432,6 +448,10 @@ async fn a_websocket_client_that_never_reads_costs_bounded_memory() {
         v["totalClients"]
     );
     assert!(
+        changes.load(Ordering::Relaxed) >= (TENANTS * 2) as u64,
+        "each tenant appears and changes at least once"
+    );
+    assert!(
         rss_after < rss_before + 100 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
@@ -445,4 +465,24 @@ async fn a_websocket_client_that_never_reads_costs_bounded_memory() {
     );
     drop(stalled);
     reader.abort();
+}
+
+/// A tenant table as the dashboard keeps it: client id -> replicated TXID.
+type Table = std::collections::BTreeMap<String, Option<String>>;
+
+fn row(c: &serde_json::Value) -> (String, Option<String>) {
+    (
+        c["clientId"].as_str().unwrap_or_default().to_string(),
+        c["replicatedTxid"].as_str().map(str::to_string),
+    )
+}
+
+/// The table of an `/api/status` body (also a WebSocket snapshot's `status`).
+fn table(status: &serde_json::Value) -> Table {
+    status["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(row)
+        .collect()
 }

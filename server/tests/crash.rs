@@ -55,6 +55,20 @@ fn start_with(dir: &Path, env: &[(&str, &str)]) -> Child {
         .expect("start litestream-manager")
 }
 
+/// The application's schema, in one transaction and in WAL mode, before the manager first
+/// starts: every state of the database the manager can ever see has both tables (with the
+/// tables created one autocommit at a time, a restore could rightly be "`t` but no `meta`").
+fn create_schema(db: &Path) {
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch(
+        "BEGIN; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);
+         CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES (0); COMMIT;",
+    )
+    .unwrap();
+}
+
 /// Checks that `db` holds exactly rows 1..=n with the values the app wrote, and that the `meta`
 /// row (updated in the same transactions) agrees: a consistent prefix. Returns n.
 fn check_prefix(db: &Path) -> i64 {
@@ -132,20 +146,16 @@ async fn kill_9_at_random_moments_never_loses_or_forks_the_replica() {
     let replica = dir.join("replica/databases").join(ID);
 
     // The application: inserts and a meta row in the same transaction, default autocheckpoint.
+    // Its schema is one transaction, committed before the manager first starts: every state
+    // of the database the manager can see has both tables.
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    create_schema(&db);
     let app = {
         let (db, committed, stop) = (db.clone(), committed.clone(), stop.clone());
         std::thread::spawn(move || {
             let c = Connection::open(&db).unwrap();
             c.busy_timeout(Duration::from_secs(10)).unwrap();
-            c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-                .unwrap();
-            c.execute_batch(
-                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);
-                 CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES (0);",
-            )
-            .unwrap();
             let mut id = 0i64;
             let mut rng = 0x9e3779b97f4a7c15u64;
             while !stop.load(Ordering::Relaxed) {
@@ -422,18 +432,12 @@ async fn kill_9_during_compactions_and_snapshots_never_forks_the_replica() {
 
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    create_schema(&db);
     let app = {
         let (db, committed, stop) = (db.clone(), committed.clone(), stop.clone());
         std::thread::spawn(move || {
             let c = Connection::open(&db).unwrap();
             c.busy_timeout(Duration::from_secs(10)).unwrap();
-            c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-                .unwrap();
-            c.execute_batch(
-                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);
-                 CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES (0);",
-            )
-            .unwrap();
             let mut id = 0i64;
             let mut rng = 0x2545f4914f6cdd1du64;
             while !stop.load(Ordering::Relaxed) {
