@@ -206,12 +206,15 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         let interval = cfg.interval(level);
         let boundary = truncate(now, interval);
         // Litestream's rule: due once the clock crossed a boundary after the level's last file
-        // was written. A level's first file waits for the boundary after its oldest input, so a
-        // new tenant does not pay one PUT per level at once.
+        // was written, and after the oldest input was (Litestream only compacts at its boundary
+        // ticks). So a new tenant does not pay one PUT per level at once, and a tenant busy again
+        // after an idle spell does not compact its first new file at once: it waits for the next
+        // boundary, like every later one.
         let since = ix
             .compacted_at(level)
             .or(ix.last(level).map(|f| f.created_at))
-            .unwrap_or(inputs[0].created_at);
+            .unwrap_or(inputs[0].created_at)
+            .max(inputs[0].created_at);
         if since < boundary {
             jobs.push(Job::Compact { level, inputs });
         } else {
@@ -453,7 +456,7 @@ mod tests {
 
     #[test]
     fn l1_compaction_waits_for_its_boundary_and_takes_every_new_l0() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015); // 15 s past a 30 s boundary
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015); // 25 s past a 30 s boundary
         let cfg = CompactionConfig::default();
         let ix = Index::from_listing([
             f(0, 1, 1, 100, now),
@@ -484,8 +487,10 @@ mod tests {
         let boundary = truncate(now, Duration::from_secs(30));
         let cfg = CompactionConfig::default();
         // The L1 file holds transactions from before the boundary (its created_at), but it was
-        // written just after it; a new L0 arrived since.
-        let mut ix = Index::from_listing([f(1, 1, 3, 26, now), f(0, 4, 4, 1, now)]);
+        // written just after it; L0 4 was committed between the L1's cut and the boundary.
+        let mut l0 = f(0, 4, 4, 0, now);
+        l0.created_at = boundary - Duration::from_millis(200);
+        let mut ix = Index::from_listing([f(1, 1, 3, 26, now), l0]);
         let (jobs, _) = plan(&ix, &cfg, now);
         assert!(jobs
             .iter()
@@ -503,6 +508,29 @@ mod tests {
         assert!(jobs
             .iter()
             .any(|j| matches!(j, Job::Compact { level: 1, .. })));
+    }
+
+    #[test]
+    fn a_tenant_busy_again_after_an_idle_spell_compacts_at_the_next_boundary() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015); // 25 s past a boundary
+        let boundary = truncate(now, Duration::from_secs(30));
+        let cfg = CompactionConfig::default();
+        // Idle for 10 minutes since the last L1; one new L0, committed after the boundary.
+        let mut ix = Index::from_listing([f(1, 1, 3, 600, now), f(0, 4, 4, 1, now)]);
+        ix.mark_compacted(1, now - Duration::from_secs(600));
+        let (jobs, next) = plan(&ix, &cfg, now);
+        assert!(
+            !jobs
+                .iter()
+                .any(|j| matches!(j, Job::Compact { level: 1, .. })),
+            "{jobs:?}"
+        );
+        assert_eq!(next, Some(boundary + Duration::from_secs(30)));
+        let (jobs, _) = plan(&ix, &cfg, boundary + Duration::from_secs(30));
+        assert!(jobs.contains(&Job::Compact {
+            level: 1,
+            inputs: vec![f(0, 4, 4, 1, now)]
+        }));
     }
 
     #[test]

@@ -25,9 +25,13 @@ use crate::db::{Db, DbConfig, Position, Proof, Staging, SyncError};
 use crate::ltx::{LtxFileName, Txid};
 
 /// Wait this long after a change before syncing, so that the commits that follow become one L0
-/// (one S3 PUT). 900 ms: at any steady commit rate no more files than Litestream's 1 s sync
-/// interval, and every commit in the replica within a second.
-pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(900);
+/// (one S3 PUT); and start two syncs of one tenant at least [`SYNC_SPACING`] windows apart. The
+/// default, 800 ms, spaces syncs 1 s apart: never more L0 files (S3 PUTs) than Litestream's 1 s
+/// monitor interval, and a change that does not follow a sync within 200 ms reaches the replica
+/// within 0.8 s plus the upload.
+pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(800);
+/// Least time between the starts of two syncs of one tenant, in sync windows.
+pub const SYNC_SPACING: f64 = 1.25;
 /// A tenant without changes for this long seals its WAL and goes cold.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound of local staging per tenant while the replica is unreachable.
@@ -192,11 +196,13 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     }
     let mut first = true;
     let mut busy_since: Option<Instant> = None;
+    let mut step_started = Instant::now();
     loop {
         if db.is_none() && slot.is_none() {
             slot = open_slot(ctx).await;
         }
         // The step's state lives on the heap only while it runs.
+        step_started = Instant::now();
         let result = Box::pin(step(
             ctx,
             &mut cold,
@@ -314,13 +320,13 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
         // Otherwise the open slot is only for opening: hot tenants keep their files open.
         slot = None;
         if woken {
-            tokio::time::sleep(cfg.sync_window).await;
+            tokio::time::sleep(sync_delay(cfg.sync_window, step_started.elapsed())).await;
             continue;
         }
         let idle = cfg.idle_timeout;
         tokio::select! {
             _ = ctx.wake.notified() => {
-                tokio::time::sleep(cfg.sync_window).await;
+                tokio::time::sleep(sync_delay(cfg.sync_window, step_started.elapsed())).await;
             }
             _ = tokio::time::sleep(idle) => {
                 if let Some(d) = db.take() {
@@ -342,6 +348,12 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
             }
         }
     }
+}
+
+/// How long a change seen now waits before its sync starts: one window, stretched so that
+/// syncs start at least [`SYNC_SPACING`] windows apart (`since_last`: since the last one started).
+fn sync_delay(window: Duration, since_last: Duration) -> Duration {
+    window.max(window.mul_f64(SYNC_SPACING).saturating_sub(since_last))
 }
 
 /// Counts a hot period in [`Shared::hot`].
@@ -911,4 +923,36 @@ fn note_staged(ctx: &TenantCtx, txid: u64) {
             s.pending_since = Some(now);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_change_after_a_quiet_spell_waits_one_window() {
+        assert_eq!(sync_delay(800 * MS, 5000 * MS), 800 * MS);
+        assert_eq!(sync_delay(800 * MS, 200 * MS), 800 * MS);
+    }
+
+    #[test]
+    fn syncs_start_at_least_a_second_apart_by_default() {
+        let w = DEFAULT_SYNC_WINDOW;
+        // A change right after a sync started waits until 1 s after that start.
+        assert_eq!(sync_delay(w, 0 * MS), 1000 * MS);
+        assert_eq!(sync_delay(w, 50 * MS), 950 * MS);
+        // Under continuous commits (a change seen the moment a sync ends), one file a second.
+        for sync_takes in [0, 5, 120, 199] {
+            let since = sync_takes * MS;
+            assert_eq!(since + sync_delay(w, since), 1000 * MS, "{sync_takes} ms");
+        }
+    }
+
+    #[test]
+    fn a_shorter_window_keeps_its_proportion() {
+        assert_eq!(sync_delay(200 * MS, 0 * MS), 250 * MS);
+        assert_eq!(sync_delay(200 * MS, 100 * MS), 200 * MS);
+    }
 }

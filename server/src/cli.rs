@@ -105,10 +105,11 @@ pub struct ServeArgs {
     pub max_uploads: usize,
 
     /// How long a change waits before it is shipped, so that the commits that follow join the
-    /// same LTX file (one S3 PUT). The default sends no more files than Litestream's 1 s sync
-    /// interval at any steady commit rate; lower it for less lag at the cost of more requests.
+    /// same LTX file (one S3 PUT); two syncs of one tenant start at least 1.25 windows apart.
+    /// The default spaces them 1 s apart: no more files than Litestream's 1 s sync interval at
+    /// any commit rate. Lower it for less lag at the cost of more requests.
     /// Example: -sync-window 200ms
-    #[arg(long = "sync-window", value_name = "DURATION", default_value = "900ms", value_parser = parse_duration)]
+    #[arg(long = "sync-window", value_name = "DURATION", default_value = "800ms", value_parser = parse_duration)]
     pub sync_window: std::time::Duration,
 }
 
@@ -291,7 +292,7 @@ mod tests {
     #[test]
     fn sync_window_takes_a_duration_with_a_unit() {
         let d = |args: &[&str]| parse(args).map(|c| c.serve.sync_window);
-        assert_eq!(d(&[]).unwrap(), std::time::Duration::from_millis(900));
+        assert_eq!(d(&[]).unwrap(), engine::tenant::DEFAULT_SYNC_WINDOW);
         assert_eq!(
             d(&["-sync-window", "200ms"]).unwrap(),
             std::time::Duration::from_millis(200)
