@@ -203,6 +203,15 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         if inputs.is_empty() || !contiguous(&inputs, after) {
             continue;
         }
+        if let [lone] = inputs.as_slice() {
+            if lone.min == Txid(1) {
+                // A level's first file would be a copy of one snapshot-shaped file (`1-N`: a new
+                // tenant's first L0, or an L1 from its first busy period): no restore point, no
+                // retention gained, one PUT and one merge per level lost. It is compacted along
+                // with whatever follows it.
+                continue;
+            }
+        }
         let interval = cfg.interval(level);
         let boundary = truncate(now, interval);
         // Litestream's rule: due once the clock crossed a boundary after the level's last file
@@ -285,7 +294,8 @@ fn retention(
             out.push((*s).clone());
         } else {
             oldest_kept.get_or_insert(s.max);
-            if !expired {
+            // The newest snapshot is never deleted: its expiry is no reason to look again.
+            if !expired && i + 1 < snaps.len() && later.is_none() {
                 later = Some(s.created_at + cfg.snapshot_retention);
             }
         }
@@ -530,6 +540,37 @@ mod tests {
         assert!(jobs.contains(&Job::Compact {
             level: 1,
             inputs: vec![f(0, 4, 4, 1, now)]
+        }));
+    }
+
+    #[test]
+    fn a_lone_snapshot_shaped_file_is_not_copied_into_the_next_level() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015);
+        let cfg = CompactionConfig::default();
+        let compacts = |ix: &Index, at: SystemTime| {
+            let (jobs, next) = plan(ix, &cfg, at);
+            let levels: Vec<u8> = jobs
+                .iter()
+                .filter_map(|j| match j {
+                    Job::Compact { level, .. } => Some(*level),
+                    _ => None,
+                })
+                .collect();
+            (levels, next)
+        };
+        // A new tenant that never wrote again: its first L0 and its start-up snapshot. Nothing
+        // to compact, now or at any later boundary, and no timer.
+        let idle = Index::from_listing([f(0, 1, 1, 3600, now), f(9, 1, 1, 3600, now)]);
+        assert_eq!(compacts(&idle, now), (vec![], None));
+        // An L1 `1-N` from its first busy period is not copied into L2 and L3 either.
+        let ix = Index::from_listing([f(0, 1, 7, 3600, now), f(1, 1, 7, 3600, now)]);
+        assert_eq!(compacts(&ix, now).0, Vec::<u8>::new());
+        // Once more follows, the lone file is compacted with it.
+        let ix = Index::from_listing([f(0, 1, 1, 3600, now), f(0, 2, 2, 600, now)]);
+        let (jobs, _) = plan(&ix, &cfg, now);
+        assert!(jobs.contains(&Job::Compact {
+            level: 1,
+            inputs: vec![f(0, 1, 1, 3600, now), f(0, 2, 2, 600, now)]
         }));
     }
 
