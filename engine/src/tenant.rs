@@ -196,7 +196,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     }
     let mut first = true;
     let mut busy_since: Option<Instant> = None;
-    let mut step_started = Instant::now();
+    let mut step_started: Instant;
     loop {
         if db.is_none() && slot.is_none() {
             slot = open_slot(ctx).await;
@@ -941,7 +941,7 @@ mod tests {
     fn syncs_start_at_least_a_second_apart_by_default() {
         let w = DEFAULT_SYNC_WINDOW;
         // A change right after a sync started waits until 1 s after that start.
-        assert_eq!(sync_delay(w, 0 * MS), 1000 * MS);
+        assert_eq!(sync_delay(w, Duration::ZERO), 1000 * MS);
         assert_eq!(sync_delay(w, 50 * MS), 950 * MS);
         // Under continuous commits (a change seen the moment a sync ends), one file a second.
         for sync_takes in [0, 5, 120, 199] {
@@ -952,7 +952,7 @@ mod tests {
 
     #[test]
     fn a_shorter_window_keeps_its_proportion() {
-        assert_eq!(sync_delay(200 * MS, 0 * MS), 250 * MS);
+        assert_eq!(sync_delay(200 * MS, Duration::ZERO), 250 * MS);
         assert_eq!(sync_delay(200 * MS, 100 * MS), 200 * MS);
     }
 }
