@@ -7,8 +7,10 @@
 //!   position. While a reader holds a WAL read mark SQLite can neither backfill past it nor
 //!   restart the WAL; a reader on mark 0 blocks every backfill, so at most one restart can
 //!   happen, right after the end of the generation we scanned. Hence: same salts ⇒ continue at
-//!   our offset; `salt1 + 1` ⇒ the new generation follows our end directly (when our scan reached
-//!   the chain end).
+//!   our offset; other salts, or a WAL emptied by a `TRUNCATE`, ⇒ the new generation follows our
+//!   end directly (when our scan reached the chain end). [`Db::advance_read`] moves the mark to
+//!   the end after each sync without ever letting go of it, so that the application's own
+//!   checkpoints are not kept waiting.
 //! - [`Proof::Truncated`]: we synced to the end under the write lock and then truncated the WAL
 //!   ourselves with no commit in between (checked with `PRAGMA data_version`); the next
 //!   generation (`salt1 + 1`) can only follow our end.
@@ -45,6 +47,10 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A TRUNCATE checkpoint waits at most this long for readers and writers: it is an optimisation
 /// (the WAL is reset), never worth making the application wait.
 const TRUNCATE_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long our own checkpoint first waits for the write lock before it moves its read mark
+/// once more (see [`Db::lock_for_checkpoint`]): an application checkpoint that holds the lock
+/// is waiting for us, and SQLite's busy handler polls every few milliseconds.
+const YIELD_WAIT: Duration = Duration::from_millis(100);
 /// Wait after a TRUNCATE before checking that no commit raced it (see [`Db::truncate`]):
 /// longer than a kernel tick, the granularity of file times.
 const FINGERPRINT_SETTLE: Duration = Duration::from_millis(25);
@@ -228,21 +234,50 @@ impl Db {
         if self.read_tx.get() {
             return Ok(());
         }
-        self.reader
-            .execute_batch("BEGIN")
-            .map_err(|e| sqlite_err(&self.path, e))?;
-        // Any read takes the WAL read mark; sqlite_master always exists.
-        let r = self
-            .reader
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                r.get::<_, i64>(0)
-            });
-        if let Err(e) = r {
-            let _ = self.reader.execute_batch("ROLLBACK");
-            return Err(classify(&self.path, e));
-        }
+        begin_read(&self.reader, &self.path)?;
         self.read_tx.set(true);
         Ok(())
+    }
+
+    /// Moves our read mark up to the WAL's current end without a moment in which we hold none:
+    /// the writer connection begins a read transaction (the bridge), the reader ends its own and
+    /// begins a new one, the bridge ends.
+    ///
+    /// A read mark at the end lets the application's checkpoints copy every frame into the
+    /// database instead of waiting for us; and once a checkpoint has copied them all, the new
+    /// mark is SQLite's mark 0 (read from the db file alone), which lets a `RESTART` or
+    /// `TRUNCATE` checkpoint of the application reset the WAL instead of waiting its whole busy
+    /// timeout for us while it holds the write lock (RELIABILITY.md, finding 1).
+    ///
+    /// The proof (see the module docs) survives the hop. Let `E` be our position and `m` the old
+    /// mark; `m <= E` because the caller's scan reached the end of the WAL. While the old mark is held, nothing is copied past `m` and the WAL cannot
+    /// restart. So the bridge gets mark 0 only if every frame is copied, i.e. the WAL ends at
+    /// `m = E`; otherwise it gets a mark at the end, `>= E`. Either way, from then on the WAL
+    /// still continues `E` (a mark `>= E` pins it; under mark 0 nothing more is copied, so the one
+    /// restart SQLite may still make follows `E` directly). The same holds from the bridge to the
+    /// reader's new mark.
+    fn advance_read(&self) -> Result<()> {
+        if !self.read_tx.get() {
+            return Ok(());
+        }
+        if let Err(e) = begin_read(&self.writer, &self.path) {
+            // Nothing changed: we still hold the old mark.
+            tracing::debug!(path = %self.path.display(), error = %e, "no bridge for the read mark");
+            return Ok(());
+        }
+        self.read_tx.set(false);
+        let hopped = self
+            .reader
+            .execute_batch("ROLLBACK")
+            .map_err(|e| sqlite_err(&self.path, e))
+            .and_then(|()| begin_read(&self.reader, &self.path));
+        let ended = self
+            .writer
+            .execute_batch("ROLLBACK")
+            .map_err(|e| sqlite_err(&self.path, e));
+        hopped?;
+        self.read_tx.set(true);
+        ended
     }
 
     fn release_read(&self) -> Result<()> {
@@ -263,6 +298,46 @@ impl Db {
         }
     }
 
+    /// The write lock for our own checkpoint or seal. The application's `RESTART`/`TRUNCATE`
+    /// checkpoint takes that lock and then waits for our read mark: first for a mark at the end
+    /// (before it copies frames), then for no mark but SQLite's mark 0 (before it resets the
+    /// WAL). So we move our mark before we wait ([`Db::advance_read`]), and once more if the
+    /// lock is still held after [`YIELD_WAIT`], instead of the two of us waiting for each
+    /// other's timeouts. Without a proof that rests on our mark, we simply let go of it.
+    fn lock_for_checkpoint(&self, pos: &Position, proof: &mut Proof) -> Result<WriteLock<'_>> {
+        if *proof != Proof::ReadLock {
+            self.release_read()?;
+            return self.begin_write();
+        }
+        if !pos.at_chain_end {
+            return self.begin_write();
+        }
+        let hop = |proof: &mut Proof| {
+            if let Err(e) = self.advance_read() {
+                tracing::debug!(path = %self.path.display(), error = %e, "could not advance the read mark");
+            }
+            if !self.read_tx.get() {
+                *proof = Proof::None;
+            }
+        };
+        hop(proof);
+        let set_timeout = |d| {
+            self.writer
+                .busy_timeout(d)
+                .map_err(|e| sqlite_err(&self.path, e))
+        };
+        set_timeout(YIELD_WAIT)?;
+        let first = self.begin_write();
+        set_timeout(self.config.busy_timeout)?;
+        match first {
+            Err(SyncError::Busy(_)) => {
+                hop(proof);
+                self.begin_write()
+            }
+            r => r,
+        }
+    }
+
     /// Ships everything committed since `pos` as the next L0 in `staging`, if anything was.
     /// `proof` says what we know about the WAL since `pos` was taken; after the call the proof is
     /// [`Proof::ReadLock`] (we hold the read lock and verified continuity).
@@ -275,15 +350,47 @@ impl Db {
         self.check_identity()?;
         if *proof == Proof::ReadLock && self.read_tx.get() {
             // Fast path: no lock needed, the read mark pins what we compare against.
-            return self.plan_and_ship(pos, proof, staging);
+            let out = self.plan_and_ship(pos, proof, staging)?;
+            if !pos.at_chain_end {
+                return Ok(out);
+            }
+            if let Err(e) = self.advance_read() {
+                // Our read mark may be gone: the next sync re-verifies under the write lock.
+                tracing::debug!(path = %self.path.display(), error = %e, "could not advance the read mark");
+                *proof = Proof::None;
+            }
+            return Ok(out);
         }
         // Unproven history: verify under the write lock so the WAL cannot move while we look.
+        // The proof does not rest on our read mark, so let go of it first: an application
+        // checkpoint holding the write lock may be waiting for it.
+        self.release_read()?;
         let lock = self.begin_write()?;
         self.acquire_read()?;
         let out = self.plan_and_ship(pos, proof, staging)?;
         drop(lock);
         *proof = Proof::ReadLock;
         Ok(out)
+    }
+
+    /// Under the write lock (the WAL cannot grow): ships everything up to the WAL's end, one L0
+    /// per [`DbConfig::max_sync_bytes`]. A checkpoint may follow only this: what it copies into
+    /// the database (and a `TRUNCATE` then deletes from the WAL) must be in the chain first.
+    fn ship_to_end(
+        &self,
+        _lock: &WriteLock<'_>,
+        pos: &mut Position,
+        proof: &Proof,
+        staging: &Staging,
+    ) -> Result<Vec<StagedLtx>> {
+        let mut staged = Vec::new();
+        while let Some(s) = self.plan_and_ship(pos, proof, staging)? {
+            staged.push(s);
+            if pos.at_chain_end {
+                break;
+            }
+        }
+        Ok(staged)
     }
 
     /// Ships whatever [`Db::plan`] says the next L0 must contain, if anything.
@@ -310,9 +417,11 @@ impl Db {
             None => None,
         };
         let Some(header) = header else {
-            // No valid WAL: every committed page is in the db file.
+            // No valid WAL: every committed page is in the db file. With our read mark held
+            // since a scan that reached the end, it was emptied right after that end (a
+            // `TRUNCATE` checkpoint of the application; see `advance_read`): nothing new.
             return Ok(match proof {
-                Proof::ReadLock if pos.wal_end == 0 => None,
+                Proof::ReadLock if pos.wal_end == 0 || pos.at_chain_end => None,
                 Proof::Truncated { db_fingerprint }
                     if *db_fingerprint == fingerprint(&self.path)? =>
                 {
@@ -343,7 +452,6 @@ impl Db {
             }));
         }
         let same_gen = (header.salt1, header.salt2) == pos.salts;
-        let next_gen = header.salt1 == pos.salts.0.wrapping_add(1) && pos.salts != (0, 0);
         if same_gen && pos.wal_end >= WAL_HEADER_SIZE {
             let trusted = *proof == Proof::ReadLock || self.frame_matches(&wal, pos)?;
             if trusted {
@@ -356,7 +464,9 @@ impl Db {
             return Ok(Some(Plan::Full));
         }
         let follows = match proof {
-            Proof::ReadLock => (next_gen && pos.at_chain_end) || pos.wal_end == 0,
+            // Whatever its salts: `salt1 + 1` when the connection that reset the WAL writes
+            // first, random ones when another connection does.
+            Proof::ReadLock => pos.at_chain_end || pos.wal_end == 0,
             Proof::Truncated { .. } | Proof::None => false,
         };
         if follows {
@@ -617,11 +727,11 @@ impl Db {
         pos: &mut Position,
         proof: &mut Proof,
         staging: &Staging,
-    ) -> Result<Option<StagedLtx>> {
+    ) -> Result<Vec<StagedLtx>> {
         self.check_identity()?;
-        let lock = self.begin_write()?;
+        let lock = self.lock_for_checkpoint(pos, proof)?;
         self.acquire_read()?;
-        let staged = self.plan_and_ship(pos, proof, staging)?;
+        let staged = self.ship_to_end(&lock, pos, proof, staging)?;
         self.release_read()?;
         let r: Result<(i64, i64, i64)> = self
             .reader
@@ -644,7 +754,7 @@ impl Db {
         pos: &mut Position,
         proof: &mut Proof,
         staging: &Staging,
-    ) -> Result<Option<StagedLtx>> {
+    ) -> Result<Vec<StagedLtx>> {
         self.truncate(pos, proof, staging)
     }
 
@@ -654,7 +764,7 @@ impl Db {
         pos: &mut Position,
         proof: &mut Proof,
         staging: &Staging,
-    ) -> Result<Option<StagedLtx>> {
+    ) -> Result<Vec<StagedLtx>> {
         let staged = self.truncate(pos, proof, staging)?;
         // The proof stays `Truncated` until the next sync has read the new generation.
         self.acquire_read()?;
@@ -671,11 +781,11 @@ impl Db {
         pos: &mut Position,
         proof: &mut Proof,
         staging: &Staging,
-    ) -> Result<Option<StagedLtx>> {
+    ) -> Result<Vec<StagedLtx>> {
         self.check_identity()?;
-        let lock = self.begin_write()?;
+        let lock = self.lock_for_checkpoint(pos, proof)?;
         self.acquire_read()?;
-        let staged = self.plan_and_ship(pos, proof, staging)?;
+        let staged = self.ship_to_end(&lock, pos, proof, staging)?;
         let before = data_version(&self.writer, &self.path)?;
         self.release_read()?;
         drop(lock);
@@ -1119,6 +1229,21 @@ pub(crate) fn fingerprint(path: &Path) -> Result<(i128, u64)> {
     Ok((mtime, m.len()))
 }
 
+/// Begins a read transaction on `conn` and takes its WAL read mark (any read does;
+/// `sqlite_master` always exists).
+fn begin_read(conn: &Connection, path: &Path) -> Result<()> {
+    conn.execute_batch("BEGIN")
+        .map_err(|e| sqlite_err(path, e))?;
+    let r = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    if let Err(e) = r {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(classify(path, e));
+    }
+    Ok(())
+}
+
 fn data_version(conn: &Connection, path: &Path) -> Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
         .map_err(|e| sqlite_err(path, e))
@@ -1351,6 +1476,76 @@ mod tests {
         );
         assert_eq!(proof, Proof::ReadLock);
         assert_eq!(f.restored_rows(), 14);
+    }
+
+    /// A seal or checkpoint copies the WAL into the database (and a seal then empties it), so
+    /// it must first ship all of it, however many `max_sync_bytes` chunks that takes.
+    #[test]
+    fn sealing_and_checkpointing_ship_the_whole_wal_first() {
+        let mut f = Fixture::new();
+        let config = DbConfig {
+            max_sync_bytes: 16 * 1024,
+            ..DbConfig::default()
+        };
+        f.write(10);
+        let (mut pos, mut proof) = (Position::default(), Proof::None);
+        let mut db = Db::open(&f.db, config.clone()).unwrap();
+        db.sync(&mut pos, &mut proof, &f.staging).unwrap();
+        f.write(200);
+        db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+        assert!(!pos.at_chain_end, "one sync ships one chunk");
+        let staged = db
+            .checkpoint_passive(&mut pos, &mut proof, &f.staging)
+            .unwrap();
+        assert!(staged.len() > 1, "{} files", staged.len());
+        assert!(pos.at_chain_end);
+        assert_eq!(f.restored_rows(), 210);
+        f.write(200);
+        db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+        assert!(!pos.at_chain_end);
+        db.seal_and_close(&mut pos, &mut proof, &f.staging).unwrap();
+        assert!(matches!(proof, Proof::Truncated { .. }), "{proof:?}");
+        assert_eq!(f.restored_rows(), 410);
+    }
+
+    /// The application's own `TRUNCATE` checkpoint resets the WAL under our (moved) read mark:
+    /// not kept waiting, and the generation after it continues incrementally, whichever
+    /// connection writes it first (`salt1 + 1` from the one that reset it, random salts from
+    /// another).
+    #[test]
+    fn an_app_truncate_checkpoint_neither_waits_for_us_nor_breaks_the_chain() {
+        for other_writer in [false, true] {
+            let mut f = Fixture::new();
+            f.write(5);
+            let (mut pos, mut proof) = (Position::default(), Proof::None);
+            let mut db = Db::open(&f.db, DbConfig::default()).unwrap();
+            db.sync(&mut pos, &mut proof, &f.staging).unwrap();
+            f.write(3);
+            db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+            // The app's checkpoint copies everything (our mark is at the end); the next sync
+            // finds nothing new and moves the mark to SQLite's mark 0.
+            let busy = |f: &Fixture, mode: &str| -> i64 {
+                f.app
+                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
+                    .unwrap()
+            };
+            assert_eq!(busy(&f, "PASSIVE"), 0);
+            assert!(db.sync(&mut pos, &mut proof, &f.staging).unwrap().is_none());
+            assert_eq!(busy(&f, "TRUNCATE"), 0, "the app's TRUNCATE waited for us");
+            assert_eq!(std::fs::metadata(wal_path(&f.db)).unwrap().len(), 0);
+            assert!(db.sync(&mut pos, &mut proof, &f.staging).unwrap().is_none());
+            if other_writer {
+                let c = Connection::open(&f.db).unwrap();
+                c.execute("INSERT INTO t(v) VALUES ('from another connection')", [])
+                    .unwrap();
+                f.seq += 1;
+            }
+            f.write(4);
+            let s = db.sync(&mut pos, &mut proof, &f.staging).unwrap().unwrap();
+            assert!(!s.full, "other writer {other_writer}: full-page L0");
+            assert_eq!(proof, Proof::ReadLock);
+            assert_eq!(f.restored_rows(), f.seq);
+        }
     }
 
     #[test]

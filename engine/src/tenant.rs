@@ -463,9 +463,14 @@ async fn step(
             },
         };
         let r = (|| {
+            // Everything committed so far, one L0 per `max_sync_bytes` of WAL: a backlog
+            // (a large transaction, a long busy spell) is shipped now, not at the next change.
             let mut staged = Vec::new();
-            if let Some(s) = d.sync(&mut pos, &mut proof, &staging)? {
+            while let Some(s) = d.sync(&mut pos, &mut proof, &staging)? {
                 staged.push(s);
+                if pos.at_chain_end {
+                    break;
+                }
             }
             let wal_pages = d.wal_pages(pos.page_size.max(512));
             let due = wal_pages >= cfg.db.min_checkpoint_pages
@@ -473,16 +478,23 @@ async fn step(
                     && since.elapsed() >= cfg.db.checkpoint_interval
                     && wal_pages > 0);
             let mut checkpointed = false;
-            if wal_pages >= cfg.db.truncate_pages {
-                if let Some(s) = d.checkpoint_truncate(&mut pos, &mut proof, &staging)? {
-                    staged.push(s);
-                }
-                checkpointed = true;
+            let ckpt = if wal_pages >= cfg.db.truncate_pages {
+                Some(d.checkpoint_truncate(&mut pos, &mut proof, &staging))
             } else if due {
-                if let Some(s) = d.checkpoint_passive(&mut pos, &mut proof, &staging)? {
-                    staged.push(s);
+                Some(d.checkpoint_passive(&mut pos, &mut proof, &staging))
+            } else {
+                None
+            };
+            match ckpt {
+                Some(Ok(s)) => {
+                    staged.extend(s);
+                    checkpointed = true;
                 }
-                checkpointed = true;
+                // The application holds the write lock: checkpoint at the next step; what this
+                // one synced is staged and goes up now.
+                Some(Err(SyncError::Busy(_))) => {}
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
             Ok((staged, pos, proof, checkpointed))
         })();
@@ -906,7 +918,7 @@ async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepErr
     tokio::task::spawn_blocking(move || staging.write_seal(txid, &proof))
         .await
         .map_err(|e| StepError::Join(e.to_string()))??;
-    if staged.is_some() {
+    if !staged.is_empty() {
         note_staged(ctx, txid);
         upload(ctx, cold).await?;
     }

@@ -162,6 +162,32 @@ impl Harness {
         )
     }
 
+    /// L0 files of the replica: (full-page ones, all). A full-page L0 holds every page of the
+    /// database (a snapshot the chain needed because continuity could not be proven).
+    pub fn l0_files(&self) -> (usize, usize) {
+        let dir = self.replica_dir().join("ltx/0");
+        let (mut full, mut all) = (0, 0);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !e.file_name().to_string_lossy().ends_with(".ltx") {
+                continue;
+            }
+            let f = std::fs::File::open(e.path()).unwrap();
+            let mut d = engine::ltx::Decoder::new(std::io::BufReader::new(f)).unwrap();
+            let (page_size, commit) = (d.header().page_size, d.header().commit);
+            let mut buf = Vec::new();
+            let mut pages = 0;
+            while d.next_page(&mut buf).unwrap().is_some() {
+                pages += 1;
+            }
+            let lock = (engine::ltx::lock_page(page_size) <= commit) as usize;
+            all += 1;
+            if pages + lock == commit as usize {
+                full += 1;
+            }
+        }
+        (full, all)
+    }
+
     pub fn out(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
