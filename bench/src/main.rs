@@ -14,6 +14,7 @@ mod procs;
 mod replicator;
 mod report;
 mod s3requests;
+mod soak;
 mod sqlite;
 mod throughput;
 
@@ -38,7 +39,8 @@ cargo run --release -p bench -- restore --mb 64\n  \
 cargo run --release -p bench -- lag --tenants 20 --seconds 10\n  \
 cargo run --release -p bench -- s3-requests --tenants 10 --seconds 10\n  \
 cargo run --release -p bench -- --only ours dashboard --tenants 500 --seconds 10\n  \
-cargo run --release -p bench -- --only ours idle --tenants 10000"
+cargo run --release -p bench -- --only ours idle --tenants 10000\n  \
+cargo run --release -p bench -- soak --crash-rounds 50 --out RELIABILITY-soak.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,6 +85,9 @@ enum Scenario {
     /// S3 requests by type (PUT, GET, LIST, HEAD, DELETE…) through a counting proxy in front of
     /// moto: N idle tenants, then the same N committing a few times a second.
     S3Requests(s3requests::S3RequestsArgs),
+    /// The reliability suite's long form (RELIABILITY.md): crash rounds, S3 faults and outage,
+    /// the application fighting back, a full disk, hostile files, API input. Runs `cargo test`.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -176,6 +181,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<()> {
+    if let Scenario::Soak(a) = &cli.scenario {
+        // The soak drives the test suite; it needs no binaries of its own.
+        let md = soak::run(a)?;
+        return emit(cli, &md);
+    }
     let kinds = match cli.only {
         Only::Both => vec![Kind::Ours, Kind::Litestream],
         Only::Ours => vec![Kind::Ours],
@@ -217,6 +227,7 @@ fn run(cli: &Cli) -> Result<()> {
         Scenario::Lag(a) => lag::run(&ctx, a)?,
         Scenario::Dashboard(a) => dashboard::run(&ctx, a)?,
         Scenario::S3Requests(a) => s3requests::run(&ctx, a)?,
+        Scenario::Soak(_) => unreachable!("handled above"),
     };
     let load_end = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -225,6 +236,11 @@ fn run(cli: &Cli) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let md = format!("{env}- load average at end: {load_end}\n\n{body}");
+    emit(cli, &md)
+}
+
+/// Prints the Markdown result and appends it to `--out`.
+fn emit(cli: &Cli, md: &str) -> Result<()> {
     println!("{md}");
     if let Some(out) = &cli.out {
         let mut f = std::fs::OpenOptions::new()
