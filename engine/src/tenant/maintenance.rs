@@ -123,7 +123,7 @@ pub(crate) async fn maintain(
 }
 
 /// Records the file a failed merge-and-write meant to create as uncertain (see
-/// [`Index::mark_uncertain`]).
+/// [`crate::compact::Index::mark_uncertain`]).
 async fn mark_uncertain(remote: &RemoteState, level: u8, inputs: &[LtxInfo], snapshot: bool) {
     if let (Some(first), Some(last)) = (inputs.first(), inputs.last()) {
         let intended = LtxInfo {
