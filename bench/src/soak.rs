@@ -194,6 +194,7 @@ fn summary(text: &str, ok: bool) -> String {
             [
                 "RESULT",
                 "rounds:",
+                "compaction crash:",
                 "L0 files",
                 "faults for",
                 "all ",
