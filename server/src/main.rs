@@ -149,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let status = client.probe(&prefix).await;
             if status.is_ok() {
                 tracing::info!(url = %client.url_for(&prefix), "S3 bucket reachable");
+                abort_uploads_left_behind(&client, &prefix).await;
             } else {
                 tracing::error!(url = %client.url_for(&prefix), "S3 bucket check failed: {status}");
             }
@@ -346,6 +347,38 @@ async fn release_freed_memory(cancel: CancellationToken) {
             libc::malloc_trim(0);
         }
     }
+}
+
+/// Lists the multipart uploads a killed predecessor left open under `prefix` (before any tenant
+/// of this process uploads, so none is ours) and aborts them in the background: their parts are
+/// billed storage that no object is ever made of. Best effort; a bucket lifecycle rule
+/// (`AbortIncompleteMultipartUpload`) remains the backstop.
+async fn abort_uploads_left_behind(client: &engine::client::s3::S3Client, prefix: &str) {
+    let uploads = match client.open_ltx_uploads(prefix).await {
+        Ok(u) if u.is_empty() => return,
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!("cannot list incomplete multipart uploads: {e}");
+            return;
+        }
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut aborted = 0usize;
+        for u in &uploads {
+            match client.abort_upload(u).await {
+                Ok(()) => aborted += 1,
+                Err(e) => {
+                    tracing::warn!(key = %u.key, "cannot abort an incomplete multipart upload: {e}")
+                }
+            }
+        }
+        tracing::info!(
+            aborted,
+            found = uploads.len(),
+            "aborted the multipart uploads an earlier run left incomplete"
+        );
+    });
 }
 
 fn register_dsn(store: &Store, dsn: &Path, db_name: Option<&str>) -> anyhow::Result<()> {

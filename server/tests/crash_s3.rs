@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Moto;
+use engine::client::s3::S3Client;
 use engine::client::Replica;
 use engine::restore::{RestoreOptions, Target};
 use rusqlite::Connection;
@@ -130,6 +131,21 @@ async fn settle(replica: &Replica) {
     panic!("the replica's listing kept changing after the manager was killed");
 }
 
+/// Upload ids of the multipart uploads open in the bucket.
+async fn open_uploads(client: &S3Client, bucket: &str) -> Vec<String> {
+    let r = client
+        .sdk()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    r.uploads()
+        .iter()
+        .filter_map(|u| u.upload_id().map(str::to_string))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_multipart_uploads_to_s3_never_loses_or_forks_the_replica() {
     let rounds: usize = std::env::var("CRASH_S3_ROUNDS")
@@ -193,7 +209,7 @@ async fn kill_9_during_multipart_uploads_to_s3_never_loses_or_forks_the_replica(
     let mut rng = 7u64;
     let mut restored = Vec::new();
     let mut inside_multipart = 0;
-    let mut open_before = 0;
+    let mut open_before = Vec::new();
     for round in 0..rounds {
         let mut child = start(dir, &moto, &bucket);
         rng = rng
@@ -207,20 +223,13 @@ async fn kill_9_during_multipart_uploads_to_s3_never_loses_or_forks_the_replica(
         // moto may still be storing a request the manager sent in whole before it died (a
         // PUT or CompleteMultipartUpload of several MiB): wait until the listing is stable.
         settle(&replica).await;
-        let open_uploads = client
-            .sdk()
-            .list_multipart_uploads()
-            .bucket(&bucket)
-            .send()
-            .await
-            .map(|r| r.uploads().len())
-            .unwrap_or(0);
-        // A kill inside a multipart upload leaves it incomplete (its parts stay until a bucket
-        // lifecycle rule removes them; no object is ever made of them).
-        if open_uploads > open_before {
+        // A kill inside a multipart upload leaves it incomplete: no object is ever made of its
+        // parts, and the next start aborts it.
+        let open = open_uploads(&client, &bucket).await;
+        if open.iter().any(|id| !open_before.contains(id)) {
             inside_multipart += 1;
         }
-        open_before = open_uploads;
+        open_before = open;
         let out = dir.join(format!("round-{round}.db"));
         match restore_ours(&replica, &out).await {
             Ok(()) => {
@@ -292,9 +301,88 @@ async fn kill_9_during_multipart_uploads_to_s3_never_loses_or_forks_the_replica(
         }
     }
     engine::restore::plan(&files, &Target::default(), "replica").expect("contiguous chain");
+    // The restarts aborted what the kills left open (and the graceful stop aborts its own).
+    assert!(
+        open_uploads(&client, &bucket).await.is_empty(),
+        "incomplete multipart uploads left in the bucket after a restart"
+    );
     eprintln!(
         "rounds: {rounds}, kills inside a multipart upload: {inside_multipart}, transactions \
          restored after each kill: {restored:?}, final {total} ({} MiB of blobs per transaction)",
         BLOB >> 20
+    );
+}
+
+/// What a kill -9 inside a multipart upload leaves behind (an open upload with a part) is aborted
+/// by the next start; uploads that are not LTX files of a tenant under the prefix are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_aborts_the_multipart_uploads_a_killed_run_left_open() {
+    let moto = Moto::start();
+    let (client, bucket) = moto.new_bucket().await;
+    let s3 = client.sdk();
+    let open = |key: String| {
+        let bucket = bucket.clone();
+        async move {
+            let id = s3
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap()
+                .upload_id()
+                .unwrap()
+                .to_string();
+            s3.upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&id)
+                .part_number(1)
+                .body(vec![7u8; BLOB].into())
+                .send()
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let left_by_a_kill = [
+        open(format!(
+            "databases/{ID}/0000/0000000000000007-0000000000000007.ltx"
+        ))
+        .await,
+        open(format!(
+            "databases/{ID}/0009/0000000000000001-0000000000000007.ltx"
+        ))
+        .await,
+    ];
+    let not_ours = [
+        open("databases/notes.bin".to_string()).await,
+        open(format!(
+            "elsewhere/{ID}/0000/0000000000000001-0000000000000001.ltx"
+        ))
+        .await,
+    ];
+    assert_eq!(open_uploads(&client, &bucket).await.len(), 4);
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("clients")).unwrap();
+    let mut child = start(tmp.path(), &moto, &bucket);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        let left = open_uploads(&client, &bucket).await;
+        if left_by_a_kill.iter().all(|id| !left.contains(id)) || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let mut left = left;
+    left.sort();
+    let mut expected = not_ours.to_vec();
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "after a start: the tenant's incomplete LTX uploads are aborted, the others remain"
     );
 }

@@ -183,6 +183,13 @@ impl fmt::Display for S3Status {
     }
 }
 
+/// A multipart upload that was open in the bucket (see [`S3Client::open_ltx_uploads`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+}
+
 /// One connection to one bucket, shared by every tenant. Cloning is cheap.
 #[derive(Clone)]
 pub struct S3Client {
@@ -388,6 +395,76 @@ impl S3Client {
         match res {
             Ok(_) => S3Status::Ok,
             Err(e) => S3Status::from_error(self.classify(e, "ListObjectsV2", &dir)),
+        }
+    }
+
+    /// The multipart uploads of LTX files (`<prefix>/<tenant>/<%04x>/<min>-<max>.ltx`) that are
+    /// open in the bucket. Called once at start-up, before any tenant uploads: every one listed
+    /// then was left by an earlier process that died mid-upload (kill -9, power loss). Nothing
+    /// is ever made of such parts, but S3 bills their storage until the upload is aborted.
+    /// One `ListMultipartUploads` per 1,000 open uploads.
+    pub async fn open_ltx_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, ClientError> {
+        let dir = dir_of(&clean_prefix(prefix));
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .inner
+                .s3
+                .list_multipart_uploads()
+                .bucket(&self.inner.bucket)
+                .prefix(&dir)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.classify(e, "ListMultipartUploads", &dir))?;
+            for u in page.uploads() {
+                let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let is_ltx = key
+                    .strip_prefix(dir.as_str())
+                    .and_then(|rel| rel.split_once('/'))
+                    .is_some_and(|(tenant, rest)| {
+                        !tenant.is_empty() && rest.parse::<ObjectKey>().is_ok()
+                    });
+                if is_ltx {
+                    out.push(OpenUpload {
+                        key: key.to_string(),
+                        upload_id: upload_id.to_string(),
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Aborts one upload listed by [`S3Client::open_ltx_uploads`], which frees its parts. An
+    /// upload already gone (completed or aborted meanwhile) counts as done.
+    pub async fn abort_upload(&self, upload: &OpenUpload) -> Result<(), ClientError> {
+        let res = self
+            .inner
+            .s3
+            .abort_multipart_upload()
+            .bucket(&self.inner.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match self.classify(e, "AbortMultipartUpload", &upload.key) {
+                ClientError::NotFound(_) => Ok(()),
+                e => Err(e),
+            },
         }
     }
 
