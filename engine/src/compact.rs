@@ -219,11 +219,17 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         // ticks). So a new tenant does not pay one PUT per level at once, and a tenant busy again
         // after an idle spell does not compact its first new file at once: it waits for the next
         // boundary, like every later one.
+        // The oldest *new* input: a `1-N` file in front is the tenant's start, left alone above
+        // while it was alone, not news (else a second file would compact at once, off-boundary).
+        let oldest_new = match inputs.as_slice() {
+            [first, second, ..] if first.min == Txid(1) => second,
+            _ => &inputs[0],
+        };
         let since = ix
             .compacted_at(level)
             .or(ix.last(level).map(|f| f.created_at))
-            .unwrap_or(inputs[0].created_at)
-            .max(inputs[0].created_at);
+            .unwrap_or(oldest_new.created_at)
+            .max(oldest_new.created_at);
         if since < boundary {
             jobs.push(Job::Compact { level, inputs });
         } else {
@@ -470,7 +476,7 @@ mod tests {
         let cfg = CompactionConfig::default();
         let ix = Index::from_listing([
             f(0, 1, 1, 100, now),
-            f(0, 2, 2, 10, now),
+            f(0, 2, 2, 40, now),
             f(0, 3, 3, 5, now),
         ]);
         let (jobs, _) = plan(&ix, &cfg, now);
@@ -478,7 +484,7 @@ mod tests {
             level: 1,
             inputs: vec![
                 f(0, 1, 1, 100, now),
-                f(0, 2, 2, 10, now),
+                f(0, 2, 2, 40, now),
                 f(0, 3, 3, 5, now)
             ]
         }));
@@ -572,6 +578,43 @@ mod tests {
             level: 1,
             inputs: vec![f(0, 1, 1, 3600, now), f(0, 2, 2, 600, now)]
         }));
+    }
+
+    #[test]
+    fn a_tenant_busy_after_its_start_compacts_at_the_next_boundary_not_at_once() {
+        // 25 s past a 30 s boundary. The start-up L0 `1-1` is an hour old; the first new one
+        // came 5 s ago, after the boundary: L1 waits for the next boundary (once, in 5 s).
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_015);
+        let boundary = truncate(now, Duration::from_secs(30));
+        assert_eq!(
+            now.duration_since(boundary).unwrap(),
+            Duration::from_secs(25)
+        );
+        let cfg = CompactionConfig::default();
+        let ix = Index::from_listing([
+            f(0, 1, 1, 3600, now),
+            f(9, 1, 1, 3600, now),
+            f(0, 2, 2, 5, now),
+        ]);
+        let compactions = |at: SystemTime| {
+            let (jobs, next) = plan(&ix, &cfg, at);
+            let jobs: Vec<Job> = jobs
+                .into_iter()
+                .filter(|j| matches!(j, Job::Compact { .. }))
+                .collect();
+            (jobs, next)
+        };
+        let (jobs, next) = compactions(now);
+        assert_eq!(jobs, vec![], "compacted off-boundary");
+        assert_eq!(next, Some(boundary + Duration::from_secs(30)));
+        let (jobs, _) = compactions(boundary + Duration::from_secs(31));
+        assert_eq!(
+            jobs,
+            vec![Job::Compact {
+                level: 1,
+                inputs: vec![f(0, 1, 1, 3600, now), f(0, 2, 2, 5, now)]
+            }]
+        );
     }
 
     #[test]
