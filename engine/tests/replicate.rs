@@ -507,3 +507,64 @@ async fn temporary_files_a_crash_left_in_the_replica_are_removed() {
     );
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
+
+/// The commonest application of all opens the database, commits and closes it again (a CLI, a
+/// script, a request handler without a pool). SQLite's last connection to close checkpoints and
+/// deletes the WAL if it can lock the database file exclusively; a hot tenant's connections must
+/// keep that from happening, or commits it has not shipped vanish into the database file.
+/// (Regression: reading pages through a second descriptor of the file dropped our POSIX locks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_closes_after_every_commit_loses_nothing() {
+    let h = Harness::new();
+    let mut seq = 0;
+    write_txn(&app_conn(&h.db), &mut seq, 5);
+    let cancel = CancellationToken::new();
+    let store = h.store(&cancel);
+    store.register(ID, &h.db).unwrap();
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    for round in 0..30 {
+        // Every 100 ms (the tenant stays hot: its idle timeout here is 700 ms), from another
+        // process: within one process SQLite sees our connections and never thinks it is last.
+        commit_and_close_in_another_process(&h.db, round);
+        store.wake(ID);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if round >= 5 {
+            // Hot since a few rounds: our connections are open, so the app's close must not
+            // have checkpointed the WAL away.
+            assert!(
+                engine::db::wal_path(&h.db).exists(),
+                "round {round}: the app's close deleted the WAL under a hot tenant"
+            );
+        }
+    }
+    let out = h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    assert_integrity(&out);
+    litestream_restore(&h.replica_dir(), &h.out("theirs.db"), &[]).unwrap();
+    assert_eq!(dump(&h.out("theirs.db")), dump(&h.db));
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}
+
+/// One transaction of 3 rows (one with overflow pages) by a `python3` process that opens the
+/// database, commits and closes it, as most applications do.
+fn commit_and_close_in_another_process(db: &std::path::Path, round: u32) {
+    let script = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=5)
+r = int(sys.argv[2])
+with c:
+    for i in range(3):
+        c.execute("INSERT INTO t(v, blob) VALUES (?, zeroblob(?))", (f"py-{r}-{i}", 500 + 2500 * (i == 2)))
+c.close()
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .arg(round.to_string())
+        .output()
+        .expect("python3 (the machine's, for a second process) runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

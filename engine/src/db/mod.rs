@@ -183,6 +183,14 @@ pub struct Db {
     config: DbConfig,
     /// (device, inode) of the file we opened: a different file at the path is another database.
     identity: (u64, u64),
+    /// The database file, for reading pages. POSIX advisory locks belong to the process and the
+    /// inode: closing *any* descriptor of the file drops every lock our connections hold on it
+    /// (SQLite's own VFS defers such closes; a `std::fs::File` does not). Without our SHARED
+    /// lock an application connection that closes believes it is the last one: it checkpoints
+    /// ignoring our read mark and deletes the WAL, and commits we had not shipped vanish from
+    /// under the proof. So the file is opened once and, being the last field, closed only after
+    /// both connections.
+    db_file: File,
 }
 
 impl Db {
@@ -219,6 +227,7 @@ impl Db {
         }
         let reader = open(path)?;
         let identity = file_identity(path)?;
+        let db_file = File::open(path).map_err(|e| io_err(path, e))?;
         let db = Db {
             wal_path: wal_path(path),
             path: path.to_path_buf(),
@@ -227,6 +236,7 @@ impl Db {
             read_tx: std::cell::Cell::new(false),
             config,
             identity,
+            db_file,
         };
         db.acquire_read()?;
         Ok(db)
@@ -583,11 +593,11 @@ impl Db {
         header: Option<&WalHeader>,
         scan: Option<&FrameScan>,
     ) -> Result<Pending> {
-        let db = File::open(&self.path).map_err(|e| io_err(&self.path, e))?;
+        let db = &self.db_file;
         let db_len = db.metadata().map_err(|e| io_err(&self.path, e))?.len();
         let page_size = match header {
             Some(h) => h.page_size,
-            None => db_page_size(&db, &self.path)?,
+            None => db_page_size(db, &self.path)?,
         };
         let commit = match scan.and_then(|s| s.commit) {
             Some(c) => c,
@@ -621,7 +631,7 @@ impl Db {
             }
             match (pages.get(&pgno), wal) {
                 (Some(&off), Some(w)) => read_frame_page(w, off, &mut buf, &self.wal_path)?,
-                _ => read_db_page(&db, pgno, &mut buf, db_len, &self.path)?,
+                _ => read_db_page(db, pgno, &mut buf, db_len, &self.path)?,
             }
             enc.encode_page(pgno, &buf)
                 .map_err(|e| pending.ltx_err(e))?;
@@ -666,7 +676,7 @@ impl Db {
             .copied()
             .filter(|&p| p <= commit)
             .collect();
-        let db = File::open(&self.path).map_err(|e| io_err(&self.path, e))?;
+        let db = &self.db_file;
         let db_len = db.metadata().map_err(|e| io_err(&self.path, e))?.len();
         if commit > pos.commit {
             pgnos.extend((pos.commit + 1..=commit).filter(|p| !scan.pages.contains_key(p)));
@@ -682,7 +692,7 @@ impl Db {
             }
             match scan.pages.get(&pgno) {
                 Some(&off) => read_frame_page(wal, off, &mut buf, &self.wal_path)?,
-                None => read_db_page(&db, pgno, &mut buf, db_len, &self.path)?,
+                None => read_db_page(db, pgno, &mut buf, db_len, &self.path)?,
             }
             enc.encode_page(pgno, &buf)
                 .map_err(|e| pending.ltx_err(e))?;

@@ -189,6 +189,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
             .unwrap_or(0);
         let same = crate::db::fingerprint(&ctx.db_path).is_ok_and(|f| f == *db_fingerprint);
         if same && wal_len == 0 && !ctx.cancel.is_cancelled() {
+            tracing::debug!(client = %ctx.id, "woken, but sealed and untouched: stays cold");
             ctx.status.update(|s| {
                 if s.state != State::Error {
                     s.state = State::Idle;
@@ -216,6 +217,7 @@ pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
         ))
         .await;
         let was_first = std::mem::replace(&mut first, false);
+        tracing::trace!(client = %ctx.id, ?result, txid = ?cold.pos.as_ref().map(|p| p.txid), proof = ?cold.proof, "step");
         match result {
             Ok(0) if was_first && !shutdown && sealed_before.is_some() => {
                 drop(db.take());
