@@ -218,9 +218,9 @@ pub fn plan(ix: &Index, cfg: &CompactionConfig, now: SystemTime) -> (Vec<Job>, O
         // was written, and after the oldest input was (Litestream only compacts at its boundary
         // ticks). So a new tenant does not pay one PUT per level at once, and a tenant busy again
         // after an idle spell does not compact its first new file at once: it waits for the next
-        // boundary, like every later one.
-        // The oldest *new* input: a `1-N` file in front is the tenant's start, left alone above
-        // while it was alone, not news (else a second file would compact at once, off-boundary).
+        // boundary, like every later one. A `1-N` file in front of the inputs is the tenant's
+        // start (left alone above while it was alone), not news: the oldest *new* input is the
+        // one after it, or a tenant's second file would compact at once, off-boundary.
         let oldest_new = match inputs.as_slice() {
             [first, second, ..] if first.min == Txid(1) => second,
             _ => &inputs[0],
