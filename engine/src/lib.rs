@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Data flows top to bottom:
-//! - [`watcher`]: one inotify watch per directory; reports tenant files to the store.
+//! - [`watcher`]: one inotify watch per directory, read in batches; reports tenant files and
+//!   changes to the store.
 //! - [`store`]: the registry of tenants (hot/cold), the one maintenance timer, status events.
 //! - [`tenant`]: one tenant's hot period: sync → stage → upload → checkpoint → seal and go cold.
 //! - [`db`]: one database's replicator: the WAL → L0 LTX files, restart-safe continuity proofs.

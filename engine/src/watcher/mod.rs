@@ -1,9 +1,10 @@
 //! Directory watcher: finds tenant databases in the watch directories and reports them to the
 //! [`Store`]. It never decides a lifecycle itself.
 //!
-//! One inotify watch per directory (not per file); an initial scan; every event re-examines the
-//! one path it names; a slow periodic rescan (and a rescan after an event-queue overflow, or when a
-//! watched directory is itself moved or deleted) catches anything missed. A watch directory that
+//! One inotify watch per directory (not per file), read in batches a short pause apart so the
+//! kernel folds a busy WAL's writes into a few events (see `events`); an initial scan; every event
+//! re-examines the one path it names; a slow periodic rescan (and a rescan after an event-queue
+//! overflow, or when a watched directory is itself moved or deleted) catches anything missed. A watch directory that
 //! was replaced is watched again; while one is missing it is looked for every second. A file is a
 //! tenant when its name is `<uuid>.db|.sqlite|.sqlite3` with a strictly formatted UUID; a change
 //! to its `-wal`/`-journal` sibling wakes it; hidden and temporary files are skipped silently;
@@ -18,22 +19,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{EventKind, ModifyKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
-use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
+mod events;
+use events::{DirWatches, COALESCE};
+
 /// Full rescan interval: the safety net for missed events.
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(60);
-/// Paths queued between notify's thread and the watcher task (a path is ~100 bytes: ~6 MiB at
-/// worst). When it is full the lost events are replaced by a rescan.
-const EVENT_QUEUE: usize = 65_536;
 /// While a watch directory is missing (moved or deleted), look for it this often, so that a
 /// directory replaced by another is watched again within about a second.
 const MISSING_DIR_RETRY: Duration = Duration::from_secs(1);
@@ -160,42 +157,17 @@ pub async fn spawn(
     rescan: Duration,
     cancel: CancellationToken,
     ignored: Arc<std::sync::Mutex<IgnoredNames>>,
-) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    let (tx, mut rx) = mpsc::channel::<PathBuf>(EVENT_QUEUE);
-    let lost = Arc::new(AtomicBool::new(false));
-    let lost_wake = Arc::new(Notify::new());
-    let mut watcher = {
-        let (lost, lost_wake) = (lost.clone(), lost_wake.clone());
-        let mark_lost = move || {
-            lost.store(true, Ordering::Release);
-            lost_wake.notify_one();
-        };
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
-                if ev.need_rescan() {
-                    mark_lost();
-                }
-                if !is_change(&ev.kind) {
-                    return;
-                }
-                for p in ev.paths {
-                    if tx.try_send(p).is_err() {
-                        mark_lost();
-                    }
-                }
-            }
-            Err(_) => mark_lost(),
-        })?
-    };
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut watches = DirWatches::new()?;
     let mut watch_dirs = Vec::new();
     for d in &dirs {
-        watcher.watch(d, RecursiveMode::NonRecursive)?;
         let given = if d.is_absolute() {
             d.clone()
         } else {
-            std::env::current_dir().map_err(notify::Error::io)?.join(d)
+            std::env::current_dir()?.join(d)
         };
-        let canon = std::fs::canonicalize(d).map_err(notify::Error::io)?;
+        watches.watch(&given)?;
+        let canon = std::fs::canonicalize(d)?;
         watch_dirs.push(WatchDir {
             identity: dir_identity(&given),
             given,
@@ -222,37 +194,41 @@ pub async fn spawn(
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let missing = w.dirs.iter().any(|d| d.identity.is_none());
+            let mut read_events = false;
             let scan = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => true,
                 _ = retry.tick(), if missing => true,
-                _ = lost_wake.notified() => lost.swap(false, Ordering::AcqRel),
-                ev = rx.recv() => match ev {
-                    Some(path) => {
-                        w.examine(&path, Cause::Event);
-                        std::mem::take(&mut w.rescan_soon)
+                batch = watches.next() => {
+                    read_events = true;
+                    match batch {
+                        Ok(batch) => {
+                            for path in &batch.paths {
+                                w.examine(path, Cause::Event);
+                            }
+                            batch.rescan | std::mem::take(&mut w.rescan_soon)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read directory events; rescanning");
+                            true
+                        }
                     }
-                    None => break,
-                },
+                }
             };
             if scan {
-                w.rewatch(&mut watcher);
+                w.rewatch(&mut watches);
                 w.scan_all(Cause::Rescan);
             }
+            if read_events {
+                // Let the kernel fold the events that follow (see `events`).
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(COALESCE) => {}
+                }
+            }
         }
-        // Dropping the watcher removes the watches.
-        drop(watcher);
+        // Dropping `watches` closes the inotify descriptor and with it every watch.
     }))
-}
-
-/// Events that may mean a change of content or of the directory. inotify also reports every open
-/// and close (notify maps them to `Access`): acting on those would let the replicator's own reads
-/// wake its tenant forever. Attribute changes (times, modes) carry no data.
-fn is_change(kind: &EventKind) -> bool {
-    !matches!(
-        kind,
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
-    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,7 +239,7 @@ enum Cause {
 }
 
 struct WatchDir {
-    /// The absolute path as watched: notify names event paths with it.
+    /// The absolute path as watched: event paths are named with it.
     given: PathBuf,
     /// Its canonical form: tenant paths are `canon/<name>`, symlink targets must stay under it.
     canon: PathBuf,
@@ -392,19 +368,19 @@ impl Scanner {
     }
 
     /// Watches again every directory that was replaced since it was watched.
-    fn rewatch(&mut self, watcher: &mut RecommendedWatcher) {
+    fn rewatch(&mut self, watches: &mut DirWatches) {
         for d in &mut self.dirs {
             let now = dir_identity(&d.given);
             if now == d.identity {
                 continue;
             }
             // The old watch may already be gone (a deleted directory); nothing to undo then.
-            let _ = watcher.unwatch(&d.given);
+            watches.unwatch(&d.given);
             d.identity = None;
             if now.is_none() {
                 continue;
             }
-            match watcher.watch(&d.given, RecursiveMode::NonRecursive) {
+            match watches.watch(&d.given) {
                 Ok(()) => {
                     d.identity = now;
                     if let Ok(c) = std::fs::canonicalize(&d.given) {
