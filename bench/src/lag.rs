@@ -2,9 +2,12 @@
 //!
 //! N tenants each commit `rate` times a second (`UPDATE s SET v = k`, k = 1, 2, …; autocommit)
 //! and record the instant each COMMIT returned. An observer gets inotify events (the `notify`
-//! crate) for every tenant's `ltx/0/` directory; for each new L0 file it decodes the file (full
-//! CRC check) and reads the marker page: a file whose marker is `v` holds every commit k ≤ v.
-//! Lag of commit k = arrival of the first L0 file with marker ≥ k − the instant COMMIT returned.
+//! crate) for every tenant's `ltx/0/` and `ltx/1/` directories; for each new file it decodes the
+//! file (full CRC check) and reads the marker page: a file whose marker is `v` holds every commit
+//! k ≤ v. Lag of commit k = arrival of the first replica file with marker ≥ k − the instant
+//! COMMIT returned. (Level 1 counts because our manager folds the batch that follows an L1
+//! boundary into that L1 instead of uploading it as an L0; Litestream's L1 files only ever hold
+//! what its L0 files already did.)
 //! A slow directory sweep (1 s) catches files whose events were missed; they are counted.
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +53,7 @@ struct Outcome {
     lags: Vec<f64>,
     missing: usize,
     files: usize,
+    l1_files: usize,
     swept: usize,
     swept_then_event: usize,
     swept_event_delay_max: f64,
@@ -116,7 +120,9 @@ pub fn run(ctx: &Ctx, args: &LagArgs) -> Result<String> {
         row("commits never seen in the replica", &|o| {
             o.missing.to_string()
         }),
-        row("L0 files observed", &|o| o.files.to_string()),
+        row("replica files observed: L0 / L1", &|o| {
+            format!("{} / {}", o.files, o.l1_files)
+        }),
         row(
             "… seen by the 1 s sweep before their inotify event (event came later / max delay)",
             &|o| {
@@ -187,12 +193,19 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &LagArgs, ids: &[String]) -> Result<Outc
     sleep_alive(&mut rep, Duration::from_secs(3))?;
 
     // Observer setup: one non-recursive watch per tenant L0 directory (they exist now).
-    let l0_dirs: Vec<PathBuf> = ids.iter().map(|id| rep.tenant_l0(id)).collect();
-    let dir_index: HashMap<PathBuf, usize> = l0_dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.clone(), i))
-        .collect();
+    // Each tenant's L0 and L1 directories (the L1 one made now if the replicator has not yet:
+    // both create their directories with mkdir -p).
+    let mut l0_dirs: Vec<PathBuf> = Vec::new();
+    let mut dir_index: HashMap<PathBuf, usize> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let l0 = rep.tenant_l0(id);
+        let l1 = l0.with_file_name("1");
+        std::fs::create_dir_all(&l1).with_context(|| format!("create {}", l1.display()))?;
+        for d in [l0, l1] {
+            dir_index.insert(d.clone(), i);
+            l0_dirs.push(d);
+        }
+    }
     let (tx, rx) = mpsc::channel::<(Instant, notify::Event)>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let at = Instant::now();
@@ -322,6 +335,7 @@ fn run_one(ctx: &Ctx, kind: Kind, args: &LagArgs, ids: &[String]) -> Result<Outc
         commits,
         missing,
         files: obs.files,
+        l1_files: obs.l1_files,
         swept: obs.swept,
         swept_then_event: obs.swept_then_event,
         swept_event_delay_max: obs.swept_event_delay_max,
@@ -426,6 +440,7 @@ fn signed_secs(a: Instant, b: Instant) -> f64 {
 #[derive(Default)]
 struct ObserverStats {
     files: usize,
+    l1_files: usize,
     swept: usize,
     /// Of the swept files, how many got their inotify event afterwards, and the longest delay.
     swept_then_event: usize,
@@ -445,8 +460,8 @@ fn observe(
     drain: Duration,
     hard_deadline: Instant,
 ) -> (Arrivals, ObserverStats) {
-    let mut arrivals: Arrivals = vec![Vec::new(); l0_dirs.len()];
-    let mut max_seen: Vec<i64> = vec![0; l0_dirs.len()];
+    let mut arrivals: Arrivals = vec![Vec::new(); committed.len()];
+    let mut max_seen: Vec<i64> = vec![0; committed.len()];
     let mut stats = ObserverStats::default();
     // Files that failed to decode: (path, tenant, first arrival, attempts).
     let mut retry: Vec<(PathBuf, usize, Instant, u32)> = Vec::new();
@@ -474,16 +489,21 @@ fn observe(
         else {
             return false;
         };
-        if name.min != name.max {
-            return false;
-        }
         let Some(&i) = path.parent().and_then(|p| dir_index.get(p)) else {
             return false;
         };
+        let level1 = path.parent().and_then(|p| p.file_name()) == Some("1".as_ref());
+        if name.min != name.max && !level1 {
+            return false;
+        }
         match ltxread::read_marker(&path, marker_pgno, true) {
             Ok(m) => {
                 seen.insert(path);
-                stats.files += 1;
+                if level1 {
+                    stats.l1_files += 1;
+                } else {
+                    stats.files += 1;
+                }
                 if let Some(v) = m.marker {
                     // A later arrival time if we had to retry: the file was not readable before.
                     let at = if attempt > 0 { Instant::now() } else { at };

@@ -87,7 +87,8 @@ pub fn run(
             md,
             "Throughput: one tenant, the application writes {} MiB of WAL as fast as it can \
              ({} KiB transactions of {}-byte random blobs, default autocheckpoint, synchronous FULL); \
-             CPU of the replicator process from the first write until an L0 file in the replica holds \
+             CPU of the replicator process from the first write until a file in the replica (L0, or an L1 \
+             that carries a folded batch) holds \
              the last commit.\n",
             args.mb, args.txn_kb, args.blob
         );
@@ -215,22 +216,30 @@ fn replicate(ctx: &Ctx, kind: Kind, args: &WriteArgs, uuid: &str) -> Result<Run>
         w.wal_bytes() as f64 / MIB
     );
 
-    // Wait until an L0 file carries the marker page with v >= last.
+    // Wait until a replica file carries the marker page with v >= last: an L0, or the L1 our
+    // manager folds the batch after an L1 boundary into (see `engine::compact::Index::fold_l1`).
     let l0 = rep.tenant_l0(uuid);
+    let l1 = l0.with_file_name("1");
     let deadline = Instant::now() + Duration::from_secs(args.catchup_timeout);
     let mut checked_max: u64 = 0;
     let (catchup_s, c1) = loop {
         rep.child.ensure_alive()?;
-        let mut names: Vec<LtxFileName> = std::fs::read_dir(&l0)
-            .with_context(|| format!("list {}", l0.display()))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(LtxFileName::parse))
-            .filter(|n| n.max.0 > checked_max)
-            .collect();
-        names.sort();
+        let mut names: Vec<(LtxFileName, PathBuf)> = Vec::new();
+        for dir in [&l0, &l1] {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir == &l1 => continue,
+                Err(e) => return Err(e).with_context(|| format!("list {}", dir.display())),
+            };
+            names.extend(entries.flatten().filter_map(|e| {
+                let name = e.file_name().to_str().and_then(LtxFileName::parse)?;
+                (name.max.0 > checked_max).then(|| (name, e.path()))
+            }));
+        }
+        names.sort_by_key(|(n, _)| (n.max, n.min));
         let mut found = false;
-        for n in names {
-            let m = ltxread::read_marker(&l0.join(n.to_string()), marker_pgno, false)?;
+        for (n, path) in names {
+            let m = ltxread::read_marker(&path, marker_pgno, false)?;
             checked_max = n.max.0;
             if m.marker.is_some_and(|v| v >= last) {
                 found = true;

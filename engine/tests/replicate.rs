@@ -300,6 +300,98 @@ async fn compaction_snapshots_and_retention_keep_the_replica_restorable() {
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
 
+/// A busy tenant's L1 compaction carries the batch that follows its boundary (one upload where
+/// an L0 and an L1 were two): that batch has no L0 file, the L1 files chain without overlap, and
+/// both restores reach every commit, the latest and exactly at each folded TXID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_tenant_folds_its_next_batch_into_the_l1_and_stays_restorable() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let cancel = CancellationToken::new();
+    let mut cfg = fast_tenant_config();
+    cfg.idle_timeout = Duration::from_secs(60); // hot throughout
+    cfg.compaction = engine::compact::CompactionConfig {
+        level_intervals: vec![Duration::from_secs(2), Duration::from_secs(3600)],
+        l0_retention: Duration::from_secs(3600), // keep every L0, to see which batch has none
+        ..Default::default()
+    };
+    let store = h.store_with(&cancel, cfg);
+    store.register(ID, &h.db).unwrap();
+    let mut seq = 0;
+    // The state after each commit, to check the restore at a folded TXID exactly.
+    let mut states = vec![];
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        write_txn(&app, &mut seq, 2);
+        states.push(dump(&h.db));
+        store.wake(ID);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let expected = dump(&h.db);
+    h.wait_replicated(&expected, CATCH_UP).await;
+    let files = h
+        .replica()
+        .list_all(&CancellationToken::new())
+        .await
+        .unwrap();
+    let l0: std::collections::BTreeSet<u64> = files
+        .iter()
+        .filter(|f| f.level == 0)
+        .map(|f| f.max.0)
+        .collect();
+    let l1: Vec<(u64, u64)> = files
+        .iter()
+        .filter(|f| f.level == 1)
+        .map(|f| (f.min.0, f.max.0))
+        .collect();
+    assert!(l1.len() >= 2, "L1 files: {l1:?}");
+    for w in l1.windows(2) {
+        assert_eq!(w[1].0, w[0].1 + 1, "L1 files must chain: {l1:?}");
+    }
+    // Every TXID is in some file (the start file's may be only in the snapshot by now).
+    let max = files.iter().map(|f| f.max.0).max().unwrap();
+    for txid in 1..=max {
+        assert!(
+            files.iter().any(|f| (f.min.0..=f.max.0).contains(&txid)),
+            "TXID {txid} is in no file: L0 {l0:?}, L1 {l1:?}"
+        );
+    }
+    let folded: Vec<u64> = l1
+        .iter()
+        .map(|&(_, b)| b)
+        .filter(|b| !l0.contains(b))
+        .collect();
+    assert!(
+        !folded.is_empty(),
+        "no L1 carried a batch of its own: L0 {l0:?}, L1 {l1:?}"
+    );
+
+    let ours = h.restore("folded.db", Target::default()).await.unwrap();
+    assert_eq!(dump(&ours), expected);
+    let theirs = h.out("folded-litestream.db");
+    litestream_restore(&h.replica_dir(), &theirs, &[]).unwrap();
+    assert_eq!(dump(&theirs), expected);
+    for txid in folded {
+        let target = engine::ltx::Txid(txid);
+        let ours = h
+            .restore(
+                "at-fold.db",
+                Target {
+                    txid: Some(target),
+                    timestamp: None,
+                },
+            )
+            .await
+            .unwrap();
+        let at = dump(&ours);
+        assert!(states.contains(&at), "TXID {txid}: not a committed state");
+        let theirs = h.out(&format!("at-fold-{txid}-litestream.db"));
+        litestream_restore(&h.replica_dir(), &theirs, &["-txid", &target.to_string()]).unwrap();
+        assert_eq!(dump(&theirs), at, "litestream restore -txid {target}");
+    }
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}
+
 /// The replica goes away for a while: the tenant shows an error, staging stays bounded, the app
 /// keeps writing, and everything is replicated once the replica is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

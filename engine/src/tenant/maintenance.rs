@@ -18,8 +18,10 @@ use crate::ltx::{LtxFileName, Txid};
 /// The tenant's replica index is locked only to plan and to record results, never across
 /// I/O: uploads of new L0 files go on while a large compaction runs. Jobs only ever touch
 /// files that existed when they were planned, and new uploads only add files above them, so
-/// the two never conflict. `scratch` holds downloads and merge outputs (emptied first: what a
-/// crash left there is garbage).
+/// the two never conflict. The one exception, a hot tenant's upload writing an L1 (see
+/// [`crate::compact::Index::fold_l1`]), waits while a planned L1 compaction is in flight.
+/// `scratch` holds downloads and merge outputs (emptied first: what a crash left there is
+/// garbage).
 pub(crate) async fn maintain(
     id: &str,
     replica: &Replica,
@@ -44,11 +46,17 @@ pub(crate) async fn maintain(
         }
     }
     let (jobs, next) = {
-        let guard = remote.lock().await;
-        let Some(index) = guard.as_ref() else {
+        let mut guard = remote.lock().await;
+        let Some(index) = guard.as_mut() else {
             return Ok(None);
         };
-        compact::plan(index, cfg, SystemTime::now())
+        let planned = compact::plan(index, cfg, SystemTime::now());
+        // The hot task writes L1 files too (`Index::fold_l1`): not while this one is pending.
+        index.l1_in_flight = planned
+            .0
+            .iter()
+            .any(|j| matches!(j, Job::Compact { level: 1, .. }));
+        planned
     };
     if !jobs.is_empty() {
         match tokio::fs::remove_dir_all(scratch).await {
@@ -64,35 +72,46 @@ pub(crate) async fn maintain(
             .map_err(|e| StepError::Join(e.to_string()))?;
         match job {
             Job::Compact { level, inputs } => {
-                let info =
-                    match merge_and_write(replica, &inputs, level, false, staging, cancel).await {
-                        Ok(info) => info,
-                        Err(e) => {
-                            mark_uncertain(remote, level, &inputs, false).await;
-                            return Err(e);
-                        }
-                    };
+                let result =
+                    merge_and_write(replica, &inputs, level, false, staging, scratch, cancel).await;
+                if let Err(e) = &result {
+                    tracing::debug!(client = %id, level, error = %e, "compaction failed");
+                    mark_uncertain(remote, level, &inputs, false).await;
+                }
+                let mut guard = remote.lock().await;
+                if let (Some(index), true) = (guard.as_mut(), level == 1) {
+                    index.l1_in_flight = false;
+                }
+                let info = result?;
                 tracing::debug!(client = %id, level, min = %info.min, max = %info.max, "compacted");
                 let covered = info.max;
-                if let Some(index) = remote.lock().await.as_mut() {
+                if let Some(index) = guard.as_mut() {
                     index.insert(info);
                     index.mark_compacted(level, SystemTime::now());
                 }
+                drop(guard);
                 if level == 1 {
                     remove_staged_through(staging, covered).await?;
                 }
             }
             Job::Snapshot { inputs } => {
-                let info =
-                    match merge_and_write(replica, &inputs, SNAPSHOT_LEVEL, true, staging, cancel)
-                        .await
-                    {
-                        Ok(info) => info,
-                        Err(e) => {
-                            mark_uncertain(remote, SNAPSHOT_LEVEL, &inputs, true).await;
-                            return Err(e);
-                        }
-                    };
+                let info = match merge_and_write(
+                    replica,
+                    &inputs,
+                    SNAPSHOT_LEVEL,
+                    true,
+                    staging,
+                    scratch,
+                    cancel,
+                )
+                .await
+                {
+                    Ok(info) => info,
+                    Err(e) => {
+                        mark_uncertain(remote, SNAPSHOT_LEVEL, &inputs, true).await;
+                        return Err(e);
+                    }
+                };
                 tracing::debug!(client = %id, max = %info.max, "snapshot written");
                 if let Some(index) = remote.lock().await.as_mut() {
                     index.insert(info);
@@ -140,18 +159,18 @@ async fn mark_uncertain(remote: &RemoteState, level: u8, inputs: &[LtxInfo], sna
 }
 
 /// Merges `inputs` into one file of `level` and stores it. Streams from disk to disk: the
-/// inputs are read from the replica's files (fs) or downloads in `scratch` (S3), the output is
-/// written to `scratch` and uploaded from there, so memory stays at a few buffers whatever the
-/// sizes.
-async fn merge_and_write(
+/// inputs are read from staging, the replica's files (fs) or downloads in `scratch` (S3), the
+/// output is written to `scratch` and uploaded from there, so memory stays at a few buffers
+/// whatever the sizes.
+pub(super) async fn merge_and_write(
     replica: &Replica,
     inputs: &[LtxInfo],
     level: u8,
     snapshot: bool,
     staging: &Staging,
+    scratch: &Path,
     cancel: &CancellationToken,
 ) -> Result<LtxInfo, StepError> {
-    let scratch = &staging.dir().join("scratch");
     let mut locals = Vec::with_capacity(inputs.len());
     for f in inputs {
         // An L0 file still staged locally is the very file that was uploaded: no download.

@@ -26,6 +26,7 @@ use crate::ltx::{LtxFileName, Txid};
 
 mod maintenance;
 pub(crate) use maintenance::maintain;
+use maintenance::merge_and_write;
 
 /// Wait this long after a change before syncing, so that the commits that follow become one L0
 /// (one S3 PUT); and start two syncs of one tenant at least [`SYNC_SPACING`] windows apart. The
@@ -159,7 +160,21 @@ pub(crate) struct TenantCtx {
 }
 
 /// Runs one hot period of a tenant; returns its cold state.
-pub(crate) async fn run_hot(ctx: &TenantCtx, mut cold: Cold) -> Cold {
+pub(crate) async fn run_hot(ctx: &TenantCtx, cold: Cold) -> Cold {
+    let cold = hot_period(ctx, cold).await;
+    // Level 1 is maintenance's again (the uploads wrote it while hot: see `upload`); one that
+    // fell due meanwhile runs now.
+    let l1_left = match ctx.remote.lock().await.as_mut() {
+        Some(index) => std::mem::replace(&mut index.hot, false) && index.l1_pending(),
+        None => false,
+    };
+    if l1_left {
+        (ctx.maintain)();
+    }
+    cold
+}
+
+async fn hot_period(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     let cfg = &ctx.shared.config;
     let mut backoff = Duration::from_millis(500);
     let mut db: Option<Db> = None;
@@ -599,10 +614,16 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     let Some(index) = guard.as_mut() else {
         return Ok(());
     };
+    // Only the hot task uploads: while it runs, level 1 is written here (`fold`).
+    index.hot = true;
     let mut replicated = index.max_txid();
     let pending: Vec<Txid> = list.iter().copied().filter(|t| t.0 > replicated).collect();
     let uploaded_any = !pending.is_empty();
-    for txid in pending {
+    if uploaded_any && fold(ctx, index, &pending).await? {
+        replicated = index.max_txid();
+    }
+    let first = replicated;
+    for txid in pending.into_iter().filter(|t| t.0 > first) {
         if txid.0 != replicated + 1 {
             // Should not happen: staging is contiguous by construction. Start over from the
             // replica's position rather than uploading a gap.
@@ -671,6 +692,87 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
         (ctx.maintain)();
     }
     Ok(())
+}
+
+/// When a level-1 compaction is due, writes the staged files `pending` (contiguous, following
+/// the replica) into it instead of uploading them as L0 files: one PUT instead of two, see
+/// [`Index::fold_l1`]. True if it did; the index then holds the new L1.
+async fn fold(ctx: &TenantCtx, index: &mut Index, pending: &[Txid]) -> Result<bool, StepError> {
+    let cfg = &ctx.shared.config.compaction;
+    let mut staged = Vec::with_capacity(pending.len());
+    for &txid in pending {
+        let path = ctx.staging.path_of(txid);
+        let hdr = read_header(&path).await?;
+        let size = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| ClientError::io(&path, e))?
+            .len();
+        staged.push(LtxInfo {
+            level: 0,
+            min: txid,
+            max: txid,
+            size,
+            created_at: SystemTime::UNIX_EPOCH
+                + Duration::from_millis(hdr.timestamp_ms.max(0) as u64),
+        });
+    }
+    let Some(inputs) = index.fold_l1(cfg, &staged, SystemTime::now()) else {
+        return Ok(false);
+    };
+    // Its own scratch directory: maintenance empties its own whenever it starts jobs. Only
+    // this task folds, so anything here is what a crash left.
+    let scratch = ctx.staging.dir().join("fold");
+    match tokio::fs::remove_dir_all(&scratch).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ClientError::io(&scratch, e).into()),
+    }
+    let permit = ctx
+        .shared
+        .uploads
+        .acquire()
+        .await
+        .map_err(|e| StepError::Join(e.to_string()))?;
+    let written = merge_and_write(
+        &ctx.replica,
+        &inputs,
+        1,
+        false,
+        &ctx.staging,
+        &scratch,
+        &ctx.cancel,
+    )
+    .await;
+    let info = match written {
+        Ok(info) => info,
+        Err(e) => {
+            // It may have landed: maintenance deletes it before anything else is planned.
+            if let (Some(first), Some(last)) = (inputs.first(), inputs.last()) {
+                index.mark_uncertain(LtxInfo {
+                    level: 1,
+                    min: first.min,
+                    max: last.max,
+                    size: 0,
+                    created_at: SystemTime::UNIX_EPOCH,
+                });
+            }
+            return Err(e);
+        }
+    };
+    drop(permit);
+    tracing::debug!(client = %ctx.id, min = %info.min, max = %info.max, "pending files written as L1");
+    let (size, replicated) = (info.size, info.max.0);
+    index.insert(info);
+    index.mark_compacted(1, SystemTime::now());
+    ctx.status.update(|s| {
+        s.replicated_txid = replicated;
+        s.bytes_uploaded += size;
+        s.objects_uploaded += 1;
+        if s.local_txid <= replicated {
+            s.pending_since = None;
+        }
+    });
+    Ok(true)
 }
 
 /// The last TXID an L1 file holds: staged L0 files up to it are no longer compaction inputs.
