@@ -28,11 +28,11 @@ mod maintenance;
 pub(crate) use maintenance::maintain;
 use maintenance::merge_and_write;
 
-/// Wait this long after a change before syncing, so that the commits that follow become one L0
-/// (one S3 PUT); and start two syncs of one tenant at least [`SYNC_SPACING`] windows apart. The
-/// default, 800 ms, spaces syncs 1 s apart: never more L0 files (S3 PUTs) than Litestream's 1 s
-/// monitor interval, and a change that does not follow a sync within 200 ms reaches the replica
-/// within 0.8 s plus the upload.
+/// After a quiet spell, wait this long after a change before syncing, so that the commits that
+/// follow become one L0 (one S3 PUT); and start two syncs of one tenant at least
+/// [`SYNC_SPACING`] windows apart. The default, 800 ms, spaces syncs 1 s apart: never more L0
+/// files (S3 PUTs) than Litestream's 1 s monitor interval. A change reaches the replica within
+/// 0.8 s plus the upload after a quiet spell, and within 1 s of the previous sync while busy.
 pub const DEFAULT_SYNC_WINDOW: Duration = Duration::from_millis(800);
 /// Least time between the starts of two syncs of one tenant, in sync windows.
 pub const SYNC_SPACING: f64 = 1.25;
@@ -370,10 +370,19 @@ async fn hot_period(ctx: &TenantCtx, mut cold: Cold) -> Cold {
     }
 }
 
-/// How long a change seen now waits before its sync starts: one window, stretched so that
-/// syncs start at least [`SYNC_SPACING`] windows apart (`since_last`: since the last one started).
+/// How long a change seen now waits before its sync starts (`since_last`: since the last sync
+/// started). While the tenant is busy (that sync started less than [`SYNC_SPACING`] windows
+/// ago), until that spacing is over: the commits since it already make one file, and waiting a
+/// whole window more would only add lag (a tenant committing twice a second would sync 1.3 s
+/// after its last file's start, then on a 1 s grid shifted 0.3 s later than its commits). After
+/// a quiet spell, one window, for the commits that follow the change.
 fn sync_delay(window: Duration, since_last: Duration) -> Duration {
-    window.max(window.mul_f64(SYNC_SPACING).saturating_sub(since_last))
+    let spacing = window.mul_f64(SYNC_SPACING);
+    if since_last < spacing {
+        spacing - since_last
+    } else {
+        window
+    }
 }
 
 /// Counts a hot period in [`Shared::hot`].
@@ -843,7 +852,15 @@ mod tests {
     #[test]
     fn a_change_after_a_quiet_spell_waits_one_window() {
         assert_eq!(sync_delay(800 * MS, 5000 * MS), 800 * MS);
+        assert_eq!(sync_delay(800 * MS, 1000 * MS), 800 * MS);
+    }
+
+    #[test]
+    fn a_change_while_busy_waits_only_for_the_spacing() {
+        // The last sync started 0.2 s / 0.6 s / 0.99 s ago: sync 1 s after it.
         assert_eq!(sync_delay(800 * MS, 200 * MS), 800 * MS);
+        assert_eq!(sync_delay(800 * MS, 600 * MS), 400 * MS);
+        assert_eq!(sync_delay(800 * MS, 990 * MS), 10 * MS);
     }
 
     #[test]
@@ -862,6 +879,7 @@ mod tests {
     #[test]
     fn a_shorter_window_keeps_its_proportion() {
         assert_eq!(sync_delay(200 * MS, Duration::ZERO), 250 * MS);
-        assert_eq!(sync_delay(200 * MS, 100 * MS), 200 * MS);
+        assert_eq!(sync_delay(200 * MS, 100 * MS), 150 * MS);
+        assert_eq!(sync_delay(200 * MS, 300 * MS), 200 * MS);
     }
 }
