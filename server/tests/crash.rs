@@ -348,8 +348,9 @@ fn assert_no_fork(files: &[engine::client::LtxInfo], round: usize) -> ([usize; 1
 }
 
 /// What a kill interrupted, from what it left behind: a merge output in the tenant's scratch
-/// directory (a compaction or snapshot being built or uploaded), a `.tmp` file at a level >= 1
-/// of the replica (its upload being written).
+/// directories (a compaction or snapshot being built or uploaded by maintenance, or an L1 that
+/// a hot upload folds its batch into), a `.tmp` file at a level >= 1 of the replica (its upload
+/// being written).
 fn interrupted_work(dir: &Path) -> (usize, usize) {
     let count = |d: &Path, suffix: &str| {
         std::fs::read_dir(d)
@@ -360,7 +361,8 @@ fn interrupted_work(dir: &Path) -> (usize, usize) {
             })
             .unwrap_or(0)
     };
-    let merges = count(&dir.join("state").join(ID).join("scratch"), ".merge");
+    let state = dir.join("state").join(ID);
+    let merges = count(&state.join("scratch"), ".merge") + count(&state.join("fold"), ".merge");
     let ltx = dir.join("replica/databases").join(ID).join("ltx");
     let tmps = (1..=9)
         .map(|l| count(&ltx.join(l.to_string()), ".tmp"))

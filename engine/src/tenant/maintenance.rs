@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::{RemoteState, StepError};
@@ -59,17 +59,10 @@ pub(crate) async fn maintain(
         planned
     };
     if !jobs.is_empty() {
-        match tokio::fs::remove_dir_all(scratch).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ClientError::io(scratch, e).into()),
-        }
+        remove_scratch(scratch).await?;
     }
     for job in jobs {
-        let _permit = uploads
-            .acquire()
-            .await
-            .map_err(|e| StepError::Join(e.to_string()))?;
+        let _permit = upload_permit(uploads).await?;
         match job {
             Job::Compact { level, inputs } => {
                 let result =
@@ -139,6 +132,23 @@ pub(crate) async fn maintain(
         Some(SystemTime::now())
     };
     Ok(again)
+}
+
+/// Removes a scratch directory and what a crash left in it, if anything.
+pub(super) async fn remove_scratch(dir: &Path) -> Result<(), StepError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ClientError::io(dir, e).into()),
+    }
+}
+
+/// One of the replica operations allowed in flight (`-max-uploads`), for every tenant together.
+pub(super) async fn upload_permit(uploads: &Semaphore) -> Result<SemaphorePermit<'_>, StepError> {
+    uploads
+        .acquire()
+        .await
+        .map_err(|e| StepError::Join(e.to_string()))
 }
 
 /// Records the file a failed merge-and-write meant to create as uncertain (see

@@ -26,7 +26,7 @@ use crate::ltx::{LtxFileName, Txid};
 
 mod maintenance;
 pub(crate) use maintenance::maintain;
-use maintenance::merge_and_write;
+use maintenance::{merge_and_write, remove_scratch, upload_permit};
 
 /// After a quiet spell, wait this long after a change before syncing, so that the commits that
 /// follow become one L0 (one S3 PUT); and start two syncs of one tenant at least
@@ -653,12 +653,7 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
         let path = ctx.staging.path_of(txid);
         let hdr = read_header(&path).await?;
         let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64);
-        let permit = ctx
-            .shared
-            .uploads
-            .acquire()
-            .await
-            .map_err(|e| StepError::Join(e.to_string()))?;
+        let permit = upload_permit(&ctx.shared.uploads).await?;
         // Streamed from the staged file: a full snapshot of a large database never sits in
         // memory.
         let info: LtxInfo = ctx
@@ -731,17 +726,8 @@ async fn fold(ctx: &TenantCtx, index: &mut Index, pending: &[Txid]) -> Result<bo
     // Its own scratch directory: maintenance empties its own whenever it starts jobs. Only
     // this task folds, so anything here is what a crash left.
     let scratch = ctx.staging.dir().join("fold");
-    match tokio::fs::remove_dir_all(&scratch).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ClientError::io(&scratch, e).into()),
-    }
-    let permit = ctx
-        .shared
-        .uploads
-        .acquire()
-        .await
-        .map_err(|e| StepError::Join(e.to_string()))?;
+    remove_scratch(&scratch).await?;
+    let permit = upload_permit(&ctx.shared.uploads).await?;
     let written = merge_and_write(
         &ctx.replica,
         &inputs,
