@@ -392,6 +392,85 @@ async fn a_busy_tenant_folds_its_next_batch_into_the_l1_and_stays_restorable() {
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
 
+/// `litestream restore -f` (follow mode: restore, then keep applying new files) keeps up with a
+/// busy tenant whose L0 chain has gaps where its L1 files carry folded batches, and ends
+/// identical to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn litestream_follow_mode_keeps_up_with_folded_batches() {
+    let h = Harness::new();
+    let app = app_conn(&h.db);
+    let cancel = CancellationToken::new();
+    let mut cfg = fast_tenant_config();
+    cfg.idle_timeout = Duration::from_secs(60);
+    cfg.compaction = engine::compact::CompactionConfig {
+        level_intervals: vec![Duration::from_secs(2), Duration::from_secs(3600)],
+        l0_retention: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let store = h.store_with(&cancel, cfg);
+    store.register(ID, &h.db).unwrap();
+    let mut seq = 0;
+    write_txn(&app, &mut seq, 2);
+    store.wake(ID);
+    h.wait_replicated(&dump(&h.db), CATCH_UP).await;
+    let out = h.out("follower.db");
+    let url = format!(
+        "file://{}",
+        std::fs::canonicalize(h.replica_dir()).unwrap().display()
+    );
+    let mut follower = std::process::Command::new(litestream_bin())
+        .args(["restore", "-f", "-follow-interval", "200ms", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("litestream restore -f starts");
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        write_txn(&app, &mut seq, 2);
+        store.wake(ID);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let expected = dump(&h.db);
+    h.wait_replicated(&expected, CATCH_UP).await;
+    let files = h
+        .replica()
+        .list_all(&CancellationToken::new())
+        .await
+        .unwrap();
+    let max = files.iter().map(|f| f.max.0).max().unwrap();
+    let folded = files.iter().filter(|f| f.level == 1).any(|l1| {
+        !files
+            .iter()
+            .any(|f| f.level == 0 && f.max == l1.max && f.min == l1.max)
+    });
+    assert!(folded, "no folded batch in the replica: {files:?}");
+    // The follower records the TXID it applied in `<out>-txid`.
+    let txid_file = h.out("follower.db-txid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let applied = loop {
+        let applied = std::fs::read_to_string(&txid_file)
+            .ok()
+            .and_then(|t| u64::from_str_radix(t.trim(), 16).ok())
+            .unwrap_or(0);
+        if applied >= max || std::time::Instant::now() > deadline {
+            break applied;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = follower.kill();
+    let output = follower.wait_with_output().unwrap();
+    assert_eq!(
+        applied,
+        max,
+        "the follower stopped at TXID {applied:#x} of {max:#x}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(dump(&out), expected);
+    assert!(store.shutdown(Duration::from_secs(5)).await);
+}
+
 /// The replica goes away for a while: the tenant shows an error, staging stays bounded, the app
 /// keeps writing, and everything is replicated once the replica is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
