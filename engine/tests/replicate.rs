@@ -300,6 +300,19 @@ async fn compaction_snapshots_and_retention_keep_the_replica_restorable() {
     assert!(store.shutdown(Duration::from_secs(5)).await);
 }
 
+/// A tenant that stays hot through its writes, with an L1 boundary every 2 s (so its uploads
+/// fold batches into L1 files) and every L0 kept (to see which batch has none).
+fn folding_config() -> engine::tenant::TenantConfig {
+    let mut cfg = fast_tenant_config();
+    cfg.idle_timeout = Duration::from_secs(60);
+    cfg.compaction = engine::compact::CompactionConfig {
+        level_intervals: vec![Duration::from_secs(2), Duration::from_secs(3600)],
+        l0_retention: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    cfg
+}
+
 /// A busy tenant's L1 compaction carries the batch that follows its boundary (one upload where
 /// an L0 and an L1 were two): that batch has no L0 file, the L1 files chain without overlap, and
 /// both restores reach every commit, the latest and exactly at each folded TXID.
@@ -308,14 +321,7 @@ async fn a_busy_tenant_folds_its_next_batch_into_the_l1_and_stays_restorable() {
     let h = Harness::new();
     let app = app_conn(&h.db);
     let cancel = CancellationToken::new();
-    let mut cfg = fast_tenant_config();
-    cfg.idle_timeout = Duration::from_secs(60); // hot throughout
-    cfg.compaction = engine::compact::CompactionConfig {
-        level_intervals: vec![Duration::from_secs(2), Duration::from_secs(3600)],
-        l0_retention: Duration::from_secs(3600), // keep every L0, to see which batch has none
-        ..Default::default()
-    };
-    let store = h.store_with(&cancel, cfg);
+    let store = h.store_with(&cancel, folding_config());
     store.register(ID, &h.db).unwrap();
     let mut seq = 0;
     // The state after each commit, to check the restore at a folded TXID exactly.
@@ -400,14 +406,7 @@ async fn litestream_follow_mode_keeps_up_with_folded_batches() {
     let h = Harness::new();
     let app = app_conn(&h.db);
     let cancel = CancellationToken::new();
-    let mut cfg = fast_tenant_config();
-    cfg.idle_timeout = Duration::from_secs(60);
-    cfg.compaction = engine::compact::CompactionConfig {
-        level_intervals: vec![Duration::from_secs(2), Duration::from_secs(3600)],
-        l0_retention: Duration::from_secs(3600),
-        ..Default::default()
-    };
-    let store = h.store_with(&cancel, cfg);
+    let store = h.store_with(&cancel, folding_config());
     store.register(ID, &h.db).unwrap();
     let mut seq = 0;
     write_txn(&app, &mut seq, 2);

@@ -67,22 +67,20 @@ pub(crate) async fn maintain(
             Job::Compact { level, inputs } => {
                 let result =
                     merge_and_write(replica, &inputs, level, false, staging, scratch, cancel).await;
-                if let Err(e) = &result {
-                    tracing::debug!(client = %id, level, error = %e, "compaction failed");
-                    mark_uncertain(remote, level, &inputs, false).await;
+                if let Some(index) = remote.lock().await.as_mut() {
+                    if level == 1 {
+                        index.l1_in_flight = false;
+                    }
+                    match &result {
+                        Ok(info) => {
+                            index.insert(info.clone());
+                            index.mark_compacted(level, SystemTime::now());
+                        }
+                        Err(_) => index.mark_uncertain(intended(level, &inputs, false)),
+                    }
                 }
-                let mut guard = remote.lock().await;
-                if let (Some(index), true) = (guard.as_mut(), level == 1) {
-                    index.l1_in_flight = false;
-                }
-                let info = result?;
-                tracing::debug!(client = %id, level, min = %info.min, max = %info.max, "compacted");
-                let covered = info.max;
-                if let Some(index) = guard.as_mut() {
-                    index.insert(info);
-                    index.mark_compacted(level, SystemTime::now());
-                }
-                drop(guard);
+                let covered = result?.max;
+                tracing::debug!(client = %id, level, max = %covered, "compacted");
                 if level == 1 {
                     remove_staged_through(staging, covered).await?;
                 }
@@ -154,17 +152,24 @@ pub(super) async fn upload_permit(uploads: &Semaphore) -> Result<SemaphorePermit
 /// Records the file a failed merge-and-write meant to create as uncertain (see
 /// [`crate::compact::Index::mark_uncertain`]).
 async fn mark_uncertain(remote: &RemoteState, level: u8, inputs: &[LtxInfo], snapshot: bool) {
-    if let (Some(first), Some(last)) = (inputs.first(), inputs.last()) {
-        let intended = LtxInfo {
-            level,
-            min: if snapshot { Txid(1) } else { first.min },
-            max: last.max,
-            size: 0,
-            created_at: SystemTime::UNIX_EPOCH,
-        };
-        if let Some(index) = remote.lock().await.as_mut() {
-            index.mark_uncertain(intended);
-        }
+    if let Some(index) = remote.lock().await.as_mut() {
+        index.mark_uncertain(intended(level, inputs, snapshot));
+    }
+}
+
+/// The file a merge of `inputs` (non-empty, in TXID order) into `level` writes: a snapshot
+/// starts at TXID 1.
+pub(super) fn intended(level: u8, inputs: &[LtxInfo], snapshot: bool) -> LtxInfo {
+    let (min, max) = match (inputs.first(), inputs.last()) {
+        (Some(first), Some(last)) => (first.min, last.max),
+        _ => (Txid(0), Txid(0)),
+    };
+    LtxInfo {
+        level,
+        min: if snapshot { Txid(1) } else { min },
+        max,
+        size: 0,
+        created_at: SystemTime::UNIX_EPOCH,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::ltx::{LtxFileName, Txid};
 
 mod maintenance;
 pub(crate) use maintenance::maintain;
-use maintenance::{merge_and_write, remove_scratch, upload_permit};
+use maintenance::{intended, merge_and_write, remove_scratch, upload_permit};
 
 /// After a quiet spell, wait this long after a change before syncing, so that the commits that
 /// follow become one L0 (one S3 PUT); and start two syncs of one tenant at least
@@ -626,13 +626,17 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
     // Only the hot task uploads: while it runs, level 1 is written here (`fold`).
     index.hot = true;
     let mut replicated = index.max_txid();
-    let pending: Vec<Txid> = list.iter().copied().filter(|t| t.0 > replicated).collect();
+    let mut pending = Vec::new();
+    for txid in list.iter().copied().filter(|t| t.0 > replicated) {
+        pending.push(staged_info(&ctx.staging.path_of(txid), txid).await?);
+    }
     let uploaded_any = !pending.is_empty();
     if uploaded_any && fold(ctx, index, &pending).await? {
         replicated = index.max_txid();
     }
     let first = replicated;
-    for txid in pending.into_iter().filter(|t| t.0 > first) {
+    for staged in pending.into_iter().filter(|f| f.max.0 > first) {
+        let txid = staged.max;
         if txid.0 != replicated + 1 {
             // Should not happen: staging is contiguous by construction. Start over from the
             // replica's position rather than uploading a gap.
@@ -651,8 +655,6 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
             );
         }
         let path = ctx.staging.path_of(txid);
-        let hdr = read_header(&path).await?;
-        let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64);
         let permit = upload_permit(&ctx.shared.uploads).await?;
         // Streamed from the staged file: a full snapshot of a large database never sits in
         // memory.
@@ -665,7 +667,7 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
                     max: txid,
                 },
                 &path,
-                ts,
+                staged.created_at,
                 &ctx.cancel,
             )
             .await?;
@@ -701,26 +703,9 @@ async fn upload(ctx: &TenantCtx, cold: &mut Cold) -> Result<(), StepError> {
 /// When a level-1 compaction is due, writes the staged files `pending` (contiguous, following
 /// the replica) into it instead of uploading them as L0 files: one PUT instead of two, see
 /// [`Index::fold_l1`]. True if it did; the index then holds the new L1.
-async fn fold(ctx: &TenantCtx, index: &mut Index, pending: &[Txid]) -> Result<bool, StepError> {
+async fn fold(ctx: &TenantCtx, index: &mut Index, pending: &[LtxInfo]) -> Result<bool, StepError> {
     let cfg = &ctx.shared.config.compaction;
-    let mut staged = Vec::with_capacity(pending.len());
-    for &txid in pending {
-        let path = ctx.staging.path_of(txid);
-        let hdr = read_header(&path).await?;
-        let size = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| ClientError::io(&path, e))?
-            .len();
-        staged.push(LtxInfo {
-            level: 0,
-            min: txid,
-            max: txid,
-            size,
-            created_at: SystemTime::UNIX_EPOCH
-                + Duration::from_millis(hdr.timestamp_ms.max(0) as u64),
-        });
-    }
-    let Some(inputs) = index.fold_l1(cfg, &staged, SystemTime::now()) else {
+    let Some(inputs) = index.fold_l1(cfg, pending, SystemTime::now()) else {
         return Ok(false);
     };
     // Its own scratch directory: maintenance empties its own whenever it starts jobs. Only
@@ -742,15 +727,7 @@ async fn fold(ctx: &TenantCtx, index: &mut Index, pending: &[Txid]) -> Result<bo
         Ok(info) => info,
         Err(e) => {
             // It may have landed: maintenance deletes it before anything else is planned.
-            if let (Some(first), Some(last)) = (inputs.first(), inputs.last()) {
-                index.mark_uncertain(LtxInfo {
-                    level: 1,
-                    min: first.min,
-                    max: last.max,
-                    size: 0,
-                    created_at: SystemTime::UNIX_EPOCH,
-                });
-            }
+            index.mark_uncertain(intended(1, &inputs, false));
             return Err(e);
         }
     };
@@ -779,17 +756,23 @@ fn covered_by_l1(index: &Index, cfg: &CompactionConfig) -> u64 {
     index.last(1).map(|f| f.max.0).unwrap_or(0)
 }
 
-/// The header of a local LTX file, for its timestamp.
-async fn read_header(path: &Path) -> Result<crate::ltx::Header, StepError> {
+/// A staged L0 file as the replica will list it: its size, and its header's timestamp (one open
+/// and one read, as for the timestamp alone).
+async fn staged_info(path: &Path, txid: Txid) -> Result<LtxInfo, StepError> {
     use tokio::io::AsyncReadExt as _;
+    let io = |e| ClientError::io(path, e);
     let mut buf = [0u8; crate::ltx::HEADER_SIZE];
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| ClientError::io(path, e))?;
-    f.read_exact(&mut buf)
-        .await
-        .map_err(|e| ClientError::io(path, e))?;
-    Ok(crate::ltx::Header::decode(&buf).map_err(SyncError::Ltx)?)
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    f.read_exact(&mut buf).await.map_err(io)?;
+    let size = f.metadata().await.map_err(io)?.len();
+    let hdr = crate::ltx::Header::decode(&buf).map_err(SyncError::Ltx)?;
+    Ok(LtxInfo {
+        level: 0,
+        min: txid,
+        max: txid,
+        size,
+        created_at: SystemTime::UNIX_EPOCH + Duration::from_millis(hdr.timestamp_ms.max(0) as u64),
+    })
 }
 
 async fn go_cold(ctx: &TenantCtx, cold: &mut Cold, db: Db) -> Result<(), StepError> {
